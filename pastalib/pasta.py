@@ -1,0 +1,238 @@
+"""The ``PASTA`` steerer: the reference API, plus span-based and markup-based entry points."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
+
+from pastalib.heads import (
+    HeadConfig,
+    HeadConfigSpec,
+    load_head_config,
+    model_dimensions,
+    resolve_head_config,
+)
+from pastalib.spans import Span, SpanError, find_substring_span, normalize_spans, token_mask_from_spans
+from pastalib.steering import (
+    SCALE_POSITIONS,
+    ScalePosition,
+    SteeringError,
+    SteeringPlan,
+    attention_modules,
+    check_alpha,
+    check_steerable,
+    prompt_bias,
+    steer,
+)
+
+class PASTA:
+    """Post-hoc attention steering for a transformers causal LM.
+
+    Emphasized prompt tokens keep their attention in the selected heads while the attention to
+    every other prompt token is multiplied by ``alpha`` and renormalised, in prefill and in
+    every KV-cached decode step. No weights change.
+
+    Example:
+        .. code-block:: python
+
+            pasta = PASTA(model, tokenizer, head_config={"20": [1, 4]}, alpha=0.01)
+            inputs, offsets = pasta.inputs_from_batch(texts)
+            with pasta.apply_steering(
+                model=model, strings=texts, substrings=["Answer in JSON"],
+                model_input=inputs, offsets_mapping=offsets,
+            ) as steered_model:
+                outputs = steered_model.generate(**inputs)
+
+    Args:
+        model: A causal LM whose modeling code routes through ``AttentionInterface``, loaded
+            with the ``sdpa`` or ``eager`` backend.
+        tokenizer: Its fast tokenizer (offset mappings are required).
+        head_config: ``{layer: [heads]}``, a list of layers (all their heads), a JSON path or a
+            shipped config name (see ``pasta heads``).
+        alpha: Scaling factor for the attention to scaled positions (> 0).
+        scale_position: ``"exclude"`` scales the prompt outside the emphasis by ``alpha``;
+            ``"include"`` scales the emphasis itself (emphasizing when ``alpha > 1``).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        head_config: HeadConfigSpec,
+        alpha: float = 0.01,
+        scale_position: ScalePosition = "exclude",
+    ) -> None:
+        check_alpha(alpha)
+        _check_scale_position(scale_position)
+        check_steerable(model)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.alpha = float(alpha)
+        self.scale_position: ScalePosition = scale_position
+        self.num_layers, self.num_heads = model_dimensions(model)
+        self.head_config: HeadConfig = self.resolve_heads(head_config)
+        found = attention_modules(model)
+        if set(found) != set(range(self.num_layers)):
+            raise SteeringError(
+                f"Found attention modules for layers {sorted(found)}, expected 0..{self.num_layers - 1}."
+            )
+
+    @staticmethod
+    def load_head_config(path_or_name: str | Path) -> Any:
+        """Reads a head config from a JSON file or a shipped config name (see ``pasta heads``)."""
+        return load_head_config(path_or_name)
+
+    def resolve_heads(self, head_config: HeadConfigSpec) -> HeadConfig:
+        """Validates any accepted head-config form against this model's layer and head counts."""
+        return resolve_head_config(head_config, self.num_layers, self.num_heads)
+
+    def inputs_from_batch(
+        self, texts: str | Sequence[str], device: str | torch.device | None = None
+    ) -> tuple[BatchEncoding, torch.Tensor]:
+        """Tokenizes texts left-padded, returning ``(inputs, offsets_mapping)``.
+
+        A pad token is set (to EOS) if the tokenizer has none. ``inputs`` holds no offsets, so
+        it can go straight into ``model.generate(**inputs)``.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        tokenizer = self.tokenizer
+        if not tokenizer.is_fast:
+            raise SpanError(
+                f"{type(tokenizer).__name__} is a slow tokenizer without offset mappings; load "
+                "the fast one (AutoTokenizer.from_pretrained(..., use_fast=True))."
+            )
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        inputs = tokenizer(
+            list(texts),
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            return_offsets_mapping=True,
+        )
+        offsets = inputs.pop("offset_mapping")
+        if device is None:
+            device = self.model.device
+        return inputs.to(device), offsets
+
+    def emphasis_mask(
+        self,
+        spans: Sequence[Sequence[Span]],
+        model_input: BatchEncoding | dict[str, torch.Tensor],
+        offsets_mapping: torch.Tensor,
+        texts: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        """Maps per-row character spans to a ``[batch, seq]`` bool mask of emphasized tokens."""
+        lengths = [len(text) for text in texts] if texts is not None else [None] * len(spans)
+        rows = [normalize_spans(row, length) for row, length in zip(spans, lengths)]
+        attention_mask = model_input["attention_mask"].cpu()
+        return token_mask_from_spans(offsets_mapping.cpu(), attention_mask, rows)
+
+    @contextmanager
+    def steer_spans(
+        self,
+        model_input: BatchEncoding | dict[str, torch.Tensor],
+        offsets_mapping: torch.Tensor,
+        spans: Sequence[Sequence[Span]],
+        *,
+        texts: Sequence[str] | None = None,
+        alpha: float | None = None,
+        scale_position: ScalePosition | None = None,
+        head_config: HeadConfigSpec | None = None,
+        decode_steps: int | None = None,
+    ) -> Iterator[PreTrainedModel]:
+        """Steers the model toward character spans, one list of ``(start, end)`` per row.
+
+        Args:
+            model_input: The tokenized batch (needs ``attention_mask``).
+            offsets_mapping: ``[batch, seq, 2]`` offsets from :meth:`inputs_from_batch`.
+            spans: Per row, the character spans to emphasize (an empty list: no steering).
+            texts: The prompts, to check that spans lie inside them.
+            alpha: Overrides the instance's alpha for this call.
+            scale_position: Overrides the instance's scale position for this call.
+            head_config: Overrides the steered heads for this call.
+            decode_steps: Steer the prefill and only this many decode steps (None: all).
+
+        Yields:
+            The steered model.
+        """
+        emphasis = self.emphasis_mask(spans, model_input, offsets_mapping, texts)
+        with self.steer_tokens(
+            emphasis,
+            model_input["attention_mask"],
+            alpha=alpha,
+            scale_position=scale_position,
+            head_config=head_config,
+            decode_steps=decode_steps,
+        ):
+            yield self.model
+
+    @contextmanager
+    def steer_tokens(
+        self,
+        emphasis: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        alpha: float | None = None,
+        scale_position: ScalePosition | None = None,
+        head_config: HeadConfigSpec | None = None,
+        decode_steps: int | None = None,
+    ) -> Iterator[SteeringPlan]:
+        """Steers with an explicit ``[batch, seq]`` bool mask of emphasized token positions."""
+        alpha = self.alpha if alpha is None else alpha
+        scale_position = self.scale_position if scale_position is None else scale_position
+        _check_scale_position(scale_position)
+        heads = self.head_config if head_config is None else self.resolve_heads(head_config)
+        bias = prompt_bias(emphasis.cpu(), attention_mask.cpu(), alpha, scale_position)
+        with steer(self.model, heads, bias.to(self.model.device), decode_steps=decode_steps) as plan:
+            yield plan
+
+    @contextmanager
+    def apply_steering(
+        self,
+        model: PreTrainedModel,
+        strings: str | Sequence[str],
+        substrings: str | Sequence[str | Sequence[str]],
+        model_input: BatchEncoding | dict[str, torch.Tensor],
+        offsets_mapping: torch.Tensor,
+        occurrence: int = 0,
+    ) -> Iterator[PreTrainedModel]:
+        """The reference API: emphasize substrings of each row's text.
+
+        Args:
+            model: The model this steerer was built for.
+            strings: The prompts (one per row).
+            substrings: Per row, a string or a list of strings to emphasize.
+            model_input: The tokenized batch from :meth:`inputs_from_batch`.
+            offsets_mapping: Its offsets.
+            occurrence: Which occurrence of each substring to emphasize (-1: the last).
+
+        Yields:
+            The steered model.
+        """
+        if model is not self.model:
+            raise SteeringError("apply_steering got a different model from the one PASTA was built with.")
+        texts = [strings] if isinstance(strings, str) else list(strings)
+        rows = [substrings] if isinstance(substrings, str) else list(substrings)
+        if len(rows) != len(texts):
+            raise SpanError(f"Got substrings for {len(rows)} rows but {len(texts)} strings.")
+        spans = [
+            [
+                find_substring_span(text, part, occurrence, row=index)
+                for part in ([parts] if isinstance(parts, str) else parts)
+            ]
+            for index, (text, parts) in enumerate(zip(texts, rows))
+        ]
+        with self.steer_spans(model_input, offsets_mapping, spans, texts=texts) as steered:
+            yield steered
+
+
+def _check_scale_position(scale_position: str) -> None:
+    if scale_position not in SCALE_POSITIONS:
+        raise SteeringError(f"Unknown scale_position {scale_position!r}; use one of {SCALE_POSITIONS}.")

@@ -1,0 +1,105 @@
+"""A hand-written float64 reference for steered attention, and a spy on the attention calls."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AttentionInterface, BatchEncoding
+
+
+@dataclass
+class AttentionCall:
+    layer: int
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    mask: torch.Tensor | None
+    scaling: float | None
+    softcap: float | None
+    output: torch.Tensor
+    weights: torch.Tensor | None
+
+
+@contextmanager
+def spy_attention(backend: str) -> Iterator[list[AttentionCall]]:
+    """Records the inputs and outputs of every call of a registered attention function."""
+    mapping = AttentionInterface._global_mapping
+    original = mapping[backend]
+    calls: list[AttentionCall] = []
+
+    def spy(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
+        output, weights = original(module, query, key, value, attention_mask, **kwargs)
+        calls.append(
+            AttentionCall(
+                module.layer_idx, query, key, value, attention_mask,
+                kwargs.get("scaling"), kwargs.get("softcap"), output, weights,
+            )
+        )
+        return output, weights
+
+    mapping[backend] = spy
+    try:
+        yield calls
+    finally:
+        mapping[backend] = original
+
+
+def emphasized_positions(encoding: BatchEncoding, spans: Sequence[Sequence[tuple[int, int]]]) -> torch.Tensor:
+    """Emphasized tokens via the tokenizer's own char_to_token (independent of pastalib)."""
+    mask = torch.zeros(encoding["input_ids"].shape, dtype=torch.bool)
+    for row, row_spans in enumerate(spans):
+        for start, end in row_spans:
+            for char in range(start, end):
+                token = encoding.char_to_token(row, char)
+                if token is not None:
+                    mask[row, token] = True
+    return mask
+
+
+def expected_bias(encoding: BatchEncoding, spans: Sequence[Sequence[tuple[int, int]]], alpha: float, mode: str = "exclude") -> torch.Tensor:
+    """``[batch, seq]`` log-alpha on the positions PASTA must scale."""
+    emphasized = emphasized_positions(encoding, spans)
+    real = encoding["attention_mask"].bool()
+    if mode == "exclude":
+        scaled = real & ~emphasized & emphasized.any(dim=1, keepdim=True)
+    else:
+        scaled = real & emphasized
+    return scaled.double() * math.log(alpha)
+
+
+def reference_attention(call: AttentionCall, key_bias: torch.Tensor | None, heads: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(Q Kᵀ · scale [softcapped] + mask + bias) V in float64; returns (output, probs).
+
+    ``key_bias`` is ``[batch, kv]``; it is added to the logits of ``heads`` only.
+    """
+    query, key, value = (t.double() for t in (call.query, call.key, call.value))
+    repeat = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(repeat, dim=1)
+    value = value.repeat_interleave(repeat, dim=1)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    scaling = call.scaling if call.scaling is not None else query.shape[-1] ** -0.5
+    logits = query @ key.transpose(-1, -2) * scaling
+    if call.softcap is not None:
+        logits = torch.tanh(logits / call.softcap) * call.softcap
+    mask = call.mask
+    if mask is None:
+        allowed = torch.ones(q_len, kv_len, dtype=torch.bool)
+        if q_len > 1:
+            allowed = allowed.tril()
+        additive = torch.where(allowed, 0.0, -math.inf).double()[None, None]
+    elif mask.dtype == torch.bool:
+        additive = torch.where(mask[..., :kv_len], 0.0, -math.inf).double()
+    else:
+        additive = mask[..., :kv_len].double().clamp(min=-1e300)
+        additive = torch.where(additive < -1e30, -math.inf, additive)
+    logits = logits + additive
+    if key_bias is not None and len(heads):
+        logits[:, list(heads)] += key_bias[:, None, None, :kv_len].double()
+    probs = torch.softmax(logits, dim=-1)
+    output = (probs @ value).transpose(1, 2)
+    return output, probs
