@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 HeadConfig = dict[int, list[int]]
 """Steered heads per layer: ``{layer_index: [head_index, ...]}``."""
 
-HeadConfigSpec = Union[Mapping[Any, Sequence[int]], Sequence[int], str, Path]
+HeadConfigSpec = Mapping[Any, Sequence[int]] | Sequence[int] | str | Path
 """Anything :func:`resolve_head_config` accepts."""
 
 SHIPPED_DIR = Path(__file__).parent / "head_configs"
@@ -74,7 +74,7 @@ def head_config_metadata(path_or_name: str | Path) -> dict[str, Any]:
 
 def model_dimensions(model: torch.nn.Module) -> tuple[int, int]:
     """Returns ``(num_layers, num_attention_heads)`` of a transformers model's text stack."""
-    config = model.config  # type: ignore[union-attr]
+    config: Any = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     layers = getattr(text_config, "num_hidden_layers", None)
     heads = getattr(text_config, "num_attention_heads", None)
@@ -119,7 +119,9 @@ def resolve_head_config(spec: HeadConfigSpec, num_layers: int, num_heads: int) -
         if not 0 <= layer < num_layers:
             raise HeadConfigError(f"Layer {layer} is out of range: {counts}.")
         if isinstance(raw_heads, (str, bytes)) or not isinstance(raw_heads, Sequence):
-            raise HeadConfigError(f"Layer {layer}: heads must be a list of integers, got {raw_heads!r}.")
+            raise HeadConfigError(
+                f"Layer {layer}: heads must be a list of integers, got {raw_heads!r}."
+            )
         heads: set[int] = set()
         for raw_head in raw_heads:
             if isinstance(raw_head, bool) or not isinstance(raw_head, int):

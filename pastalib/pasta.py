@@ -17,7 +17,13 @@ from pastalib.heads import (
     model_dimensions,
     resolve_head_config,
 )
-from pastalib.spans import Span, SpanError, find_substring_span, normalize_spans, token_mask_from_spans
+from pastalib.spans import (
+    Span,
+    SpanError,
+    find_substring_span,
+    normalize_spans,
+    token_mask_from_spans,
+)
 from pastalib.steering import (
     SCALE_POSITIONS,
     ScalePosition,
@@ -29,6 +35,7 @@ from pastalib.steering import (
     prompt_bias,
     steer,
 )
+
 
 class PASTA:
     """Post-hoc attention steering for a transformers causal LM.
@@ -79,7 +86,8 @@ class PASTA:
         found = attention_modules(model)
         if set(found) != set(range(self.num_layers)):
             raise SteeringError(
-                f"Found attention modules for layers {sorted(found)}, expected 0..{self.num_layers - 1}."
+                f"Found attention modules for layers {sorted(found)}, "
+                f"expected 0..{self.num_layers - 1}."
             )
 
     @staticmethod
@@ -130,7 +138,7 @@ class PASTA:
     ) -> torch.Tensor:
         """Maps per-row character spans to a ``[batch, seq]`` bool mask of emphasized tokens."""
         lengths = [len(text) for text in texts] if texts is not None else [None] * len(spans)
-        rows = [normalize_spans(row, length) for row, length in zip(spans, lengths)]
+        rows = [normalize_spans(row, length) for row, length in zip(spans, lengths, strict=True)]
         attention_mask = model_input["attention_mask"].cpu()
         return token_mask_from_spans(offsets_mapping.cpu(), attention_mask, rows)
 
@@ -190,7 +198,9 @@ class PASTA:
         _check_scale_position(scale_position)
         heads = self.head_config if head_config is None else self.resolve_heads(head_config)
         bias = prompt_bias(emphasis.cpu(), attention_mask.cpu(), alpha, scale_position)
-        with steer(self.model, heads, bias.to(self.model.device), decode_steps=decode_steps) as plan:
+        with steer(
+            self.model, heads, bias.to(self.model.device), decode_steps=decode_steps
+        ) as plan:
             yield plan
 
     @contextmanager
@@ -217,7 +227,9 @@ class PASTA:
             The steered model.
         """
         if model is not self.model:
-            raise SteeringError("apply_steering got a different model from the one PASTA was built with.")
+            raise SteeringError(
+                "apply_steering got a different model from the one PASTA was built with."
+            )
         texts = [strings] if isinstance(strings, str) else list(strings)
         rows = [substrings] if isinstance(substrings, str) else list(substrings)
         if len(rows) != len(texts):
@@ -227,7 +239,7 @@ class PASTA:
                 find_substring_span(text, part, occurrence, row=index)
                 for part in ([parts] if isinstance(parts, str) else parts)
             ]
-            for index, (text, parts) in enumerate(zip(texts, rows))
+            for index, (text, parts) in enumerate(zip(texts, rows, strict=True))
         ]
         with self.steer_spans(model_input, offsets_mapping, spans, texts=texts) as steered:
             yield steered
@@ -235,4 +247,6 @@ class PASTA:
 
 def _check_scale_position(scale_position: str) -> None:
     if scale_position not in SCALE_POSITIONS:
-        raise SteeringError(f"Unknown scale_position {scale_position!r}; use one of {SCALE_POSITIONS}.")
+        raise SteeringError(
+            f"Unknown scale_position {scale_position!r}; use one of {SCALE_POSITIONS}."
+        )

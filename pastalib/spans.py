@@ -47,7 +47,9 @@ def normalize_spans(spans: Sequence[Sequence[int]], text_length: int | None = No
                 "character ranges with start < end."
             )
         if text_length is not None and end > text_length:
-            raise SpanError(f"Span {(start, end)} ends past the end of the text ({text_length} chars).")
+            raise SpanError(
+                f"Span {(start, end)} ends past the end of the text ({text_length} chars)."
+            )
         checked.append((start, end))
     checked.sort()
     merged: list[Span] = []
@@ -82,7 +84,9 @@ def find_substring_span(text: str, substring: str, occurrence: int = 0, row: int
         starts.append(position)
         position = text.find(substring, position + 1)
     if not starts:
-        raise SpanError(f"Row {row}: emphasized text {substring!r} does not occur in the prompt {text!r}.")
+        raise SpanError(
+            f"Row {row}: emphasized text {substring!r} does not occur in the prompt {text!r}."
+        )
     try:
         start = starts[occurrence]
     except IndexError:
@@ -114,14 +118,18 @@ def token_mask_from_spans(
             offsets do not match the batch.
     """
     if offsets.dim() != 3 or offsets.shape[-1] != 2:
-        raise SpanError(f"offsets_mapping must have shape [batch, seq, 2], got {tuple(offsets.shape)}.")
+        raise SpanError(
+            f"offsets_mapping must have shape [batch, seq, 2], got {tuple(offsets.shape)}."
+        )
     if offsets.shape[:2] != attention_mask.shape:
         raise SpanError(
             f"offsets_mapping {tuple(offsets.shape[:2])} does not match the input ids "
             f"{tuple(attention_mask.shape)}."
         )
     if len(spans) != offsets.shape[0]:
-        raise SpanError(f"Got spans for {len(spans)} rows, but the batch has {offsets.shape[0]} rows.")
+        raise SpanError(
+            f"Got spans for {len(spans)} rows, but the batch has {offsets.shape[0]} rows."
+        )
     starts, ends = offsets[..., 0], offsets[..., 1]
     # Empty offsets mark special tokens (BOS, chat markers) and pads: never emphasized.
     real = (attention_mask > 0) & (ends > starts)

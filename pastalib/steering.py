@@ -144,11 +144,23 @@ def _lookup(module: torch.nn.Module) -> tuple[SteeringPlan, torch.Tensor] | None
             continue
         if heads is None or not plan.active:
             return None
-        return plan, heads  # type: ignore[return-value]
+        return plan, heads
     return None
 
 
 _MISSING: Any = object()
+
+
+def _steering_for(
+    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(steered heads, [batch, 1, 1, kv] key bias)`` for this call, or None to run plain."""
+    steer = _lookup(module)
+    if steer is None:
+        return None
+    plan, heads = steer
+    bias = plan.key_bias(query.shape[0], key.shape[2], query.dtype, query.device)
+    return None if bias is None else (heads, bias)
 
 
 class _HeadSubset:
@@ -170,13 +182,15 @@ def _needs_eager(kwargs: Mapping[str, Any]) -> bool:
 
 def _module_eager_forward(module: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, Any]]:
     """The eager attention function of the module's own modeling file (softcap, sinks...)."""
-    function = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    function: Callable[..., tuple[torch.Tensor, Any]] | None = getattr(
+        sys.modules.get(type(module).__module__), "eager_attention_forward", None
+    )
     if function is None:
         raise UnsupportedModelError(
             f"{type(module).__name__} has no eager_attention_forward in its modeling file; "
             "PASTA needs it for softcapping, attention sinks or output_attentions."
         )
-    return function  # type: ignore[no-any-return]
+    return function
 
 
 def _float_mask(
@@ -209,24 +223,22 @@ def steered_eager_attention(
 ) -> tuple[torch.Tensor, Any]:
     """Eager attention with the PASTA bias added to the steered heads' logits."""
     eager = _module_eager_forward(module)
-    steer = _lookup(module)
-    bias = None
-    if steer is not None:
-        plan, heads = steer
-        bias = plan.key_bias(query.shape[0], key.shape[2], query.dtype, query.device)
-    if bias is not None:
-        assert steer is not None
+    steering = _steering_for(module, query, key)
+    if steering is not None:
+        heads, bias = steering
         is_causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
         mask = _float_mask(attention_mask, query, key, is_causal)
         head_bias = torch.zeros(
             query.shape[0], query.shape[1], 1, key.shape[2], dtype=query.dtype, device=query.device
         )
-        head_bias[:, steer[1]] = bias
+        head_bias[:, heads] = bias
         # Eager slices the mask to the keys it sees; the bias already has that length.
         attention_mask = mask[..., : key.shape[2]] + head_bias
     elif attention_mask is not None and attention_mask.dtype == torch.bool:
         attention_mask = _float_mask(attention_mask, query, key, True)
-    return eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    return eager(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
 
 
 def steered_sdpa_attention(
@@ -244,16 +256,12 @@ def steered_sdpa_attention(
         return steered_eager_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    steer = _lookup(module)
-    bias = None
-    if steer is not None:
-        plan, heads = steer
-        bias = plan.key_bias(query.shape[0], key.shape[2], query.dtype, query.device)
-    if bias is None or steer is None:
+    steering = _steering_for(module, query, key)
+    if steering is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    heads = steer[1]
+    heads, bias = steering
     num_heads = query.shape[1]
     if heads.numel() == num_heads:
         return sdpa_attention_forward(
@@ -403,7 +411,9 @@ def prompt_bias(
     elif scale_position == "include":
         scaled = real & emphasis
     else:
-        raise SteeringError(f"Unknown scale_position {scale_position!r}; use one of {SCALE_POSITIONS}.")
+        raise SteeringError(
+            f"Unknown scale_position {scale_position!r}; use one of {SCALE_POSITIONS}."
+        )
     # float64 so that log(alpha) is exact before the cast to the model's dtype.
     return scaled.to(torch.float64) * math.log(alpha)
 
@@ -443,7 +453,9 @@ def steer(
         device = next(module.parameters()).device
         module_heads[id(module)] = torch.tensor(sorted(heads), dtype=torch.long, device=device)
     config_ids = frozenset(
-        id(sub.config) for sub in model.modules() if isinstance(getattr(sub, "config", None), PretrainedConfig)
+        id(sub.config)
+        for sub in model.modules()
+        if isinstance(getattr(sub, "config", None), PretrainedConfig)
     )
     plan = SteeringPlan(module_heads, config_ids, bias, decode_steps=decode_steps)
     with steered_backend(model):

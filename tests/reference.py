@@ -32,12 +32,21 @@ def spy_attention(backend: str) -> Iterator[list[AttentionCall]]:
     original = mapping[backend]
     calls: list[AttentionCall] = []
 
-    def spy(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
+    def spy(
+        module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
+    ) -> Any:
         output, weights = original(module, query, key, value, attention_mask, **kwargs)
         calls.append(
             AttentionCall(
-                module.layer_idx, query, key, value, attention_mask,
-                kwargs.get("scaling"), kwargs.get("softcap"), output, weights,
+                module.layer_idx,
+                query,
+                key,
+                value,
+                attention_mask,
+                kwargs.get("scaling"),
+                kwargs.get("softcap"),
+                output,
+                weights,
             )
         )
         return output, weights
@@ -49,7 +58,9 @@ def spy_attention(backend: str) -> Iterator[list[AttentionCall]]:
         mapping[backend] = original
 
 
-def emphasized_positions(encoding: BatchEncoding, spans: Sequence[Sequence[tuple[int, int]]]) -> torch.Tensor:
+def emphasized_positions(
+    encoding: BatchEncoding, spans: Sequence[Sequence[tuple[int, int]]]
+) -> torch.Tensor:
     """Emphasized tokens via the tokenizer's own char_to_token (independent of pastalib)."""
     mask = torch.zeros(encoding["input_ids"].shape, dtype=torch.bool)
     for row, row_spans in enumerate(spans):
@@ -61,7 +72,12 @@ def emphasized_positions(encoding: BatchEncoding, spans: Sequence[Sequence[tuple
     return mask
 
 
-def expected_bias(encoding: BatchEncoding, spans: Sequence[Sequence[tuple[int, int]]], alpha: float, mode: str = "exclude") -> torch.Tensor:
+def expected_bias(
+    encoding: BatchEncoding,
+    spans: Sequence[Sequence[tuple[int, int]]],
+    alpha: float,
+    mode: str = "exclude",
+) -> torch.Tensor:
     """``[batch, seq]`` log-alpha on the positions PASTA must scale."""
     emphasized = emphasized_positions(encoding, spans)
     real = encoding["attention_mask"].bool()
@@ -72,7 +88,9 @@ def expected_bias(encoding: BatchEncoding, spans: Sequence[Sequence[tuple[int, i
     return scaled.double() * math.log(alpha)
 
 
-def reference_attention(call: AttentionCall, key_bias: torch.Tensor | None, heads: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_attention(
+    call: AttentionCall, key_bias: torch.Tensor | None, heads: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(Q Kᵀ · scale [softcapped] + mask + bias) V in float64; returns (output, probs).
 
     ``key_bias`` is ``[batch, kv]``; it is added to the logits of ``heads`` only.

@@ -15,7 +15,7 @@ CORPUS = [
     "The Eiffel Tower is located in Rome. Where is the Eiffel Tower?",
     "Substitute she and he with they. John is a nurse who lives in Oslo.",
     "Write your whole answer in uppercase letters, with no commas at all.",
-    "IMPORTANT: the quick brown fox jumps over the lazy dog 0123456789 {}[]:,\".",
+    'IMPORTANT: the quick brown fox jumps over the lazy dog 0123456789 {}[]:,".',
 ]
 VOCAB_SIZE = 320
 
@@ -45,26 +45,97 @@ COMMON: dict[str, Any] = dict(vocab_size=VOCAB_SIZE, bos_token_id=1, eos_token_i
 
 # Each config: 3 layers, 4 heads (2 KV heads where the architecture has GQA), head_dim 8.
 CONFIGS: dict[str, dict[str, Any]] = {
-    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
-    "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
-    "qwen3": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
-    "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, sliding_window=6),
-    "gemma": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
-    "gemma2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=6, attn_logit_softcapping=5.0, final_logit_softcapping=30.0),
-    "gemma3_text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=6, sliding_window_pattern=2),
-    "phi3": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
+    "llama": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+    "qwen2": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+    "qwen3": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+    ),
+    "mistral": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=6,
+    ),
+    "gemma": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+    ),
+    "gemma2": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=6,
+        attn_logit_softcapping=5.0,
+        final_logit_softcapping=30.0,
+    ),
+    "gemma3_text": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=6,
+        sliding_window_pattern=2,
+    ),
+    "phi3": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
     "gpt2": dict(n_embd=32, n_layer=3, n_head=4, n_positions=128),
     "gptj": dict(n_embd=32, n_layer=3, n_head=4, n_positions=128, rotary_dim=4),
-    "gpt_neox": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4),
-    "opt": dict(hidden_size=32, ffn_dim=64, num_hidden_layers=3, num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=128),
+    "gpt_neox": dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4
+    ),
+    "opt": dict(
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        word_embed_proj_dim=32,
+        max_position_embeddings=128,
+    ),
 }
 ARCHITECTURES = tuple(CONFIGS)
 
 
-def tiny_model(arch: str, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float64, seed: int = 0) -> PreTrainedModel:
+def tiny_model(
+    arch: str, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float64, seed: int = 0
+) -> PreTrainedModel:
     """A seeded random model of ``arch`` with 3 layers of 4 heads."""
     config = AutoConfig.for_model(arch, **COMMON, **CONFIGS[arch])
     torch.manual_seed(seed)
     # Initialise in float32 so that every dtype gets the same weights.
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(
+        config, attn_implementation=attn_implementation, dtype=torch.float32
+    )
     return model.to(dtype).eval()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -23,7 +21,9 @@ EMPHASIS = ["generate the answer as json format", "located in Rome"]
 # overflows to -inf and turns padded rows into NaN; eager models are therefore built in float32.
 DTYPE = {"sdpa": torch.float64, "eager": torch.float32}
 TOLERANCE = {"sdpa": 1e-10, "eager": 1e-5}
-CASES = [(arch, "sdpa") for arch in ARCHITECTURES if arch != "gemma2"] + [(arch, "eager") for arch in ARCHITECTURES]
+CASES = [(arch, "sdpa") for arch in ARCHITECTURES if arch != "gemma2"] + [
+    (arch, "eager") for arch in ARCHITECTURES
+]
 
 
 def spans_of(texts: list[str], parts: list[str]) -> list[list[tuple[int, int]]]:
@@ -31,7 +31,9 @@ def spans_of(texts: list[str], parts: list[str]) -> list[list[tuple[int, int]]]:
 
 
 def encode(tokenizer, texts):  # type: ignore[no-untyped-def]
-    return tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", return_offsets_mapping=True)
+    return tokenizer(
+        texts, return_tensors="pt", padding=True, padding_side="left", return_offsets_mapping=True
+    )
 
 
 @pytest.mark.parametrize(("arch", "backend"), CASES)
@@ -43,7 +45,10 @@ def test_prefill_matches_reference(arch: str, backend: str, tokenizer) -> None: 
     bias = expected_bias(encode(tokenizer, TEXTS), spans, ALPHA)
     assert bias.ne(0).any(dim=1).all(), "every row must scale something"
     steered_name = STEERED_SDPA if backend == "sdpa" else STEERED_EAGER
-    with spy_attention(steered_name) as calls, pasta.steer_spans(inputs, offsets, spans, texts=TEXTS):
+    with (
+        spy_attention(steered_name) as calls,
+        pasta.steer_spans(inputs, offsets, spans, texts=TEXTS),
+    ):
         model(**inputs)
     assert sorted(call.layer for call in calls) == [0, 1, 2]
     for call in calls:
@@ -54,7 +59,9 @@ def test_prefill_matches_reference(arch: str, backend: str, tokenizer) -> None: 
         atol = TOLERANCE[backend]
         assert torch.allclose(call.output.double()[real], expected[real], atol=atol), call.layer
         other = [h for h in range(4) if h not in heads]
-        assert torch.allclose(call.output[real][:, other].double(), unsteered[real][:, other], atol=atol)
+        assert torch.allclose(
+            call.output[real][:, other].double(), unsteered[real][:, other], atol=atol
+        )
         # The bias must really change the steered heads (so this test can fail).
         assert (expected[real][:, heads] - unsteered[real][:, heads]).abs().max() > 1e-4
 
@@ -101,20 +108,31 @@ def test_cached_generation_equals_recompute(arch: str, backend: str, tokenizer) 
     new = 6
     with pasta.steer_spans(inputs, offsets, spans):
         out = model.generate(
-            **inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-            output_logits=True, return_dict_in_generate=True, pad_token_id=0,
+            **inputs,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
         )
     cached = torch.stack(out.logits, dim=1)
-    mask = torch.cat([inputs["attention_mask"], torch.ones(len(TEXTS), new, dtype=torch.long)], dim=1)
+    mask = torch.cat(
+        [inputs["attention_mask"], torch.ones(len(TEXTS), new, dtype=torch.long)], dim=1
+    )
     # The positions generate() uses for left-padded rows (absolute-position models need them).
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
     with pasta.steer_spans(inputs, offsets, spans):
-        full = model(input_ids=out.sequences, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        full = model(
+            input_ids=out.sequences, attention_mask=mask, position_ids=positions, use_cache=False
+        ).logits
     prompt = inputs["input_ids"].shape[1]
     recomputed = full[:, prompt - 1 : prompt - 1 + new]
     # generate() hands out float32 logits.
     assert (cached - recomputed).abs().max() < 1e-6
-    plain = model(input_ids=out.sequences, attention_mask=mask, position_ids=positions).logits[:, prompt - 1 : prompt - 1 + new]
+    plain = model(input_ids=out.sequences, attention_mask=mask, position_ids=positions).logits[
+        :, prompt - 1 : prompt - 1 + new
+    ]
     assert (plain - recomputed).abs().max() > 1e-4  # decode steps really are steered
 
 
@@ -125,11 +143,25 @@ def test_left_padded_rows_equal_single_prompts(arch: str, tokenizer) -> None:  #
     spans = spans_of(TEXTS, EMPHASIS)
     inputs, offsets = pasta.inputs_from_batch(TEXTS)
     with pasta.steer_spans(inputs, offsets, spans):
-        batch = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+        batch = model.generate(
+            **inputs,
+            max_new_tokens=4,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
     for row, text in enumerate(TEXTS):
         single, single_offsets = pasta.inputs_from_batch([text])
         with pasta.steer_spans(single, single_offsets, [spans[row]]):
-            alone = model.generate(**single, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+            alone = model.generate(
+                **single,
+                max_new_tokens=4,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=0,
+            )
         for step in range(4):
             assert torch.allclose(batch.logits[step][row], alone.logits[step][0], atol=1e-8)
 
