@@ -190,13 +190,24 @@ class PASTA:
         alpha: float | None = None,
         scale_position: ScalePosition | None = None,
         head_config: HeadConfigSpec | None = None,
+        row_head_configs: Sequence[HeadConfigSpec] | None = None,
         decode_steps: int | None = None,
     ) -> Iterator[SteeringPlan]:
-        """Steers with an explicit ``[batch, seq]`` bool mask of emphasized token positions."""
+        """Steers with an explicit ``[batch, seq]`` bool mask of emphasized token positions.
+
+        ``row_head_configs`` gives each row its own heads (one forward pass then scores many
+        head choices, as profiling does); it excludes ``head_config``.
+        """
         alpha = self.alpha if alpha is None else alpha
         scale_position = self.scale_position if scale_position is None else scale_position
         _check_scale_position(scale_position)
-        heads = self.head_config if head_config is None else self.resolve_heads(head_config)
+        heads: HeadConfig | list[HeadConfig]
+        if row_head_configs is not None:
+            if head_config is not None:
+                raise SteeringError("Pass either head_config or row_head_configs, not both.")
+            heads = [self.resolve_heads(config) for config in row_head_configs]
+        else:
+            heads = self.head_config if head_config is None else self.resolve_heads(head_config)
         bias = prompt_bias(emphasis.cpu(), attention_mask.cpu(), alpha, scale_position)
         with steer(
             self.model, heads, bias.to(self.model.device), decode_steps=decode_steps

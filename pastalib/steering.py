@@ -67,8 +67,9 @@ class SteeringPlan:
     """What to steer during one call: heads per attention module and a bias per prompt position.
 
     Attributes:
-        module_heads: ``id(attention module)`` -> steered head indices (a long tensor), or
-            ``None`` for the model's unsteered layers.
+        module_heads: ``id(attention module)`` -> steered head indices (a long tensor), a
+            ``[batch, heads]`` bool tensor when rows steer different heads, or ``None`` for the
+            model's unsteered layers.
         config_ids: ``id`` of every config object of the steered model, to recognise its masks.
         prompt_bias: ``[batch, prompt_len]`` additive logit bias: ``log(alpha)`` at scaled
             positions, 0 elsewhere. Positions past ``prompt_len`` (generated tokens) get 0.
@@ -153,14 +154,25 @@ _MISSING: Any = object()
 
 def _steering_for(
     module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(steered heads, [batch, 1, 1, kv] key bias)`` for this call, or None to run plain."""
+) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+    """What to add to this call's logits, or None to run plain.
+
+    Returns ``(heads, [batch, 1, 1, kv] bias)`` when every row steers the same heads, or
+    ``(None, [batch, heads, 1, kv] bias)`` when rows steer different heads (profiling).
+    """
     steer = _lookup(module)
     if steer is None:
         return None
     plan, heads = steer
     bias = plan.key_bias(query.shape[0], key.shape[2], query.dtype, query.device)
-    return None if bias is None else (heads, bias)
+    if bias is None:
+        return None
+    if heads.dtype != torch.bool:
+        return heads, bias
+    rows = heads
+    if rows.shape[0] != bias.shape[0]:
+        rows = rows.repeat_interleave(bias.shape[0] // rows.shape[0], dim=0)
+    return None, bias * rows[:, :, None, None].to(bias.dtype)
 
 
 class _HeadSubset:
@@ -228,10 +240,18 @@ def steered_eager_attention(
         heads, bias = steering
         is_causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
         mask = _float_mask(attention_mask, query, key, is_causal)
-        head_bias = torch.zeros(
-            query.shape[0], query.shape[1], 1, key.shape[2], dtype=query.dtype, device=query.device
-        )
-        head_bias[:, heads] = bias
+        if heads is None:
+            head_bias = bias
+        else:
+            head_bias = torch.zeros(
+                query.shape[0],
+                query.shape[1],
+                1,
+                key.shape[2],
+                dtype=query.dtype,
+                device=query.device,
+            )
+            head_bias[:, heads] = bias
         # Eager slices the mask to the keys it sees; the bias already has that length.
         attention_mask = mask[..., : key.shape[2]] + head_bias
     elif attention_mask is not None and attention_mask.dtype == torch.bool:
@@ -263,7 +283,7 @@ def steered_sdpa_attention(
         )
     heads, bias = steering
     num_heads = query.shape[1]
-    if heads.numel() == num_heads:
+    if heads is None or heads.numel() == num_heads:
         return sdpa_attention_forward(
             module,
             query,
@@ -427,7 +447,7 @@ def check_alpha(alpha: float) -> None:
 @contextmanager
 def steer(
     model: torch.nn.Module,
-    head_config: Mapping[int, Sequence[int]],
+    head_config: Mapping[int, Sequence[int]] | Sequence[Mapping[int, Sequence[int]]],
     bias: torch.Tensor,
     *,
     decode_steps: int | None = None,
@@ -436,7 +456,8 @@ def steer(
 
     Args:
         model: A transformers causal LM.
-        head_config: Validated ``{layer: [heads]}``.
+        head_config: Validated ``{layer: [heads]}``, or one such config per batch row (rows
+            then steer different heads, e.g. to score many heads in one forward pass).
         bias: ``[batch, seq]`` logit bias from :func:`prompt_bias`.
         decode_steps: Steer the prefill and only this many decode steps (None: all).
 
@@ -444,14 +465,30 @@ def steer(
         The active plan (its ``forward_passes`` counts the steered passes).
     """
     modules = attention_modules(model)
-    missing = sorted(set(head_config) - set(modules))
+    per_row = not isinstance(head_config, Mapping)
+    configs: Sequence[Mapping[int, Sequence[int]]] = (
+        head_config if not isinstance(head_config, Mapping) else [head_config]
+    )
+    if per_row and len(configs) != bias.shape[0]:
+        raise SteeringError(f"Got {len(configs)} per-row head configs for {bias.shape[0]} rows.")
+    layers = sorted({layer for config in configs for layer in config})
+    missing = sorted(set(layers) - set(modules))
     if missing:
         raise UnsupportedModelError(f"No attention module found for layer(s) {missing}.")
     module_heads: dict[int, torch.Tensor | None] = {id(module): None for module in modules.values()}
-    for layer, heads in head_config.items():
+    num_heads = text_config(model).num_attention_heads
+    for layer in layers:
         module = modules[layer]
         device = next(module.parameters()).device
-        module_heads[id(module)] = torch.tensor(sorted(heads), dtype=torch.long, device=device)
+        if per_row:
+            rows = torch.zeros(len(configs), num_heads, dtype=torch.bool, device=device)
+            for row, config in enumerate(configs):
+                rows[row, list(config.get(layer, ()))] = True
+            module_heads[id(module)] = rows
+        else:
+            module_heads[id(module)] = torch.tensor(
+                sorted(configs[0][layer]), dtype=torch.long, device=device
+            )
     config_ids = frozenset(
         id(sub.config)
         for sub in model.modules()
