@@ -1,1 +1,200 @@
-app = None
+"""The ``pasta`` command line: steered generation, head configs, attention pictures.
+
+Every command runs offline on the embedded SmolLM2-135M-Instruct unless ``--model`` names a
+local HF directory or GGUF file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from pastalib.heads import count_heads, head_config_metadata, model_dimensions, shipped_head_configs
+from pastalib.markup import parse_emphasis
+from pastalib.spans import Span
+
+app = typer.Typer(
+    help="PASTA: emphasize parts of a prompt and steer a local LLM's attention to them.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+
+DEFAULT_HEADS = "smollm2-135m-instruct"
+EXAMPLE = (
+    "Bob is a chef who lives in Oslo. <em>Bob recently became a pilot.</em> "
+    "What is Bob's job? Answer in one sentence."
+)
+
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m", help="'default' (embedded SmolLM2), a local HF directory or a .gguf file."
+    ),
+]
+HeadsOption = Annotated[
+    str, typer.Option("--head-config", help="Shipped config name or JSON file (see `pasta heads`).")
+]
+AlphaOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Attention scale for non-emphasized tokens (default: the head config's, else 0.01)."
+    ),
+]
+ChatOption = Annotated[
+    bool, typer.Option("--chat/--no-chat", help="Wrap the text in the model's chat template.")
+]
+
+
+def load(model: str, attn_implementation: str = "sdpa") -> tuple[Any, Any]:
+    """Loads a model and tokenizer offline (converting a GGUF once)."""
+    from pastalib.models import load_model
+
+    return load_model(model, attn_implementation=attn_implementation)
+
+
+def build_prompt(tokenizer: Any, marked: str, chat: bool) -> tuple[str, list[Span]]:
+    """Parses ``<em>`` markup and, with ``chat``, renders the chat template around it."""
+    from pastalib.chat import render_chat
+
+    plain, spans = parse_emphasis(marked)
+    if not spans:
+        raise typer.BadParameter("Mark the emphasized part with <em>...</em>.", param_hint="TEXT")
+    if not chat:
+        return plain, spans
+    return render_chat(tokenizer, [{"role": "user", "content": plain}], [spans])
+
+
+def default_alpha(head_config: str, alpha: float | None) -> float:
+    """The explicit alpha, else the one recommended beside the head config, else 0.01."""
+    if alpha is not None:
+        return alpha
+    try:
+        return float(head_config_metadata(head_config).get("alpha", 0.01))
+    except (OSError, ValueError):
+        return 0.01
+
+
+def highlight(text: str, spans: list[Span], style: str = "bold yellow") -> Text:
+    """Rich text with the spans highlighted."""
+    rich_text = Text(text)
+    for start, end in spans:
+        rich_text.stylize(style, start, end)
+    return rich_text
+
+
+@app.command()
+def generate(
+    text: Annotated[
+        str | None, typer.Argument(help="Prompt with <em>emphasized</em> parts.")
+    ] = None,
+    model: ModelOption = "default",
+    head_config: HeadsOption = DEFAULT_HEADS,
+    alpha: AlphaOption = None,
+    scale_position: Annotated[str, typer.Option(help="'exclude' or 'include'.")] = "exclude",
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
+    chat: ChatOption = True,
+    seed: Annotated[int, typer.Option(help="Seed for sampling (greedy by default).")] = 0,
+    sample: Annotated[bool, typer.Option("--sample/--greedy")] = False,
+) -> None:
+    """Generates with and without emphasis and prints both answers side by side."""
+    import torch
+
+    from pastalib.pasta import PASTA
+
+    marked = EXAMPLE if text is None else text
+    torch.manual_seed(seed)
+    loaded_model, tokenizer = load(model)
+    prompt, spans = build_prompt(tokenizer, marked, chat)
+    scale = default_alpha(head_config, alpha)
+    pasta = PASTA(loaded_model, tokenizer, head_config, alpha=scale, scale_position=scale_position)  # type: ignore[arg-type]
+    options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sample}
+    torch.manual_seed(seed)
+    plain = pasta.generate([prompt], None, **options)[0]
+    torch.manual_seed(seed)
+    steered = pasta.generate([prompt], [spans], **options)[0]
+
+    plain_marked, marked_spans = parse_emphasis(marked)
+    console.print(highlight(plain_marked, marked_spans))
+    table = Table(show_lines=True, expand=True)
+    table.add_column("without emphasis", ratio=1)
+    table.add_column(
+        f"with emphasis (alpha={scale:g}, {count_heads(pasta.head_config)} heads)", ratio=1
+    )
+    table.add_row(plain.strip(), steered.strip())
+    console.print(table)
+
+
+@app.command()
+def heads(model: ModelOption = "default") -> None:
+    """Lists the shipped head configs and the model's layer and head counts."""
+    loaded_model, _ = load(model)
+    layers, num_heads = model_dimensions(loaded_model)
+    console.print(
+        f"[bold]{model}[/]: {layers} layers x {num_heads} heads = {layers * num_heads} heads"
+    )
+    table = Table("name", "heads", "layers", "alpha", "model / tasks")
+    for name, path in shipped_head_configs().items():
+        metadata = head_config_metadata(path)
+        from pastalib.heads import load_head_config, resolve_head_config
+
+        raw = load_head_config(path)
+        try:
+            config = resolve_head_config(raw, layers, num_heads)
+            span = f"{min(config)}-{max(config)}" if config else "-"
+            size = str(count_heads(config))
+        except ValueError as error:
+            span, size = "does not fit", str(error)[:40]
+        tasks = ", ".join(metadata.get("tasks", [])) or str(metadata.get("model", ""))
+        table.add_row(name, size, span, str(metadata.get("alpha", "")), tasks)
+    console.print(table)
+
+
+@app.command()
+def attention(
+    text: Annotated[
+        str | None, typer.Argument(help="Prompt with <em>emphasized</em> parts.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path(
+        "attention.png"
+    ),
+    model: ModelOption = "default",
+    head_config: HeadsOption = DEFAULT_HEADS,
+    alpha: AlphaOption = None,
+    chat: ChatOption = True,
+) -> None:
+    """Plots, per layer and head, the attention share on the emphasized span with and without steering."""
+    from pastalib.plots import attention_share, plot_attention_share
+
+    marked = EXAMPLE if text is None else text
+    loaded_model, tokenizer = load(model, attn_implementation="eager")
+    prompt, spans = build_prompt(tokenizer, marked, chat)
+    scale = default_alpha(head_config, alpha)
+    shares = attention_share(loaded_model, tokenizer, prompt, spans, head_config, scale)
+    plot_attention_share(shares, out, title=f"alpha={scale:g}, head config {head_config}")
+    plain_share, steered_share = shares.plain.mean().item(), shares.steered.mean().item()
+    console.print(
+        f"Mean attention share on the emphasis: {plain_share:.3f} -> {steered_share:.3f}. Wrote {out}"
+    )
+
+
+@app.command()
+def prepare() -> None:
+    """Converts the embedded model once into the local cache (idempotent)."""
+    from pastalib.models import prepare_default_model
+
+    console.print(f"Embedded model ready at {prepare_default_model()}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

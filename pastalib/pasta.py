@@ -214,6 +214,48 @@ class PASTA:
         ) as plan:
             yield plan
 
+    def generate(
+        self,
+        texts: str | Sequence[str],
+        spans: Sequence[Sequence[Span]] | None = None,
+        *,
+        max_new_tokens: int = 64,
+        alpha: float | None = None,
+        scale_position: ScalePosition | None = None,
+        head_config: HeadConfigSpec | None = None,
+        decode_steps: int | None = None,
+        **generate_kwargs: Any,
+    ) -> list[str]:
+        """Generates a completion per text, steered toward ``spans`` (None: unsteered).
+
+        Greedy unless ``generate_kwargs`` say otherwise; returns only the new text of each row.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        inputs, offsets = self.inputs_from_batch(texts)
+        settings: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": False,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            **generate_kwargs,
+        }
+        with torch.no_grad():
+            if spans is None:
+                output = self.model.generate(**inputs, **settings)
+            else:
+                with self.steer_spans(
+                    inputs,
+                    offsets,
+                    spans,
+                    texts=texts,
+                    alpha=alpha,
+                    scale_position=scale_position,
+                    head_config=head_config,
+                    decode_steps=decode_steps,
+                ):
+                    output = self.model.generate(**inputs, **settings)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return list(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+
     @contextmanager
     def apply_steering(
         self,
