@@ -31,7 +31,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 setup: $(STAMP)
 
-test: setup
+# Converts the embedded GGUF model once into the local cache (idempotent, seconds when cached).
+model: setup
+	$(BIN)/pasta prepare
+
+demo: model
+	$(BIN)/pasta generate
+
+test: model
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
@@ -40,6 +47,9 @@ lint: setup
 
 typecheck: setup
 	$(BIN)/mypy
+
+bench: model
+	$(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

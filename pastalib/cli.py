@@ -168,7 +168,7 @@ def attention(
     alpha: AlphaOption = None,
     chat: ChatOption = True,
 ) -> None:
-    """Plots, per layer and head, the attention share on the emphasized span with and without steering."""
+    """Plots per layer and head the attention share on the emphasis, with and without steering."""
     from pastalib.plots import attention_share, plot_attention_share
 
     marked = EXAMPLE if text is None else text
@@ -179,7 +179,8 @@ def attention(
     plot_attention_share(shares, out, title=f"alpha={scale:g}, head config {head_config}")
     plain_share, steered_share = shares.plain.mean().item(), shares.steered.mean().item()
     console.print(
-        f"Mean attention share on the emphasis: {plain_share:.3f} -> {steered_share:.3f}. Wrote {out}"
+        f"Mean attention share on the emphasis: {plain_share:.3f} -> {steered_share:.3f}. "
+        f"Wrote {out}"
     )
 
 

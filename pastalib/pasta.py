@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -238,21 +238,23 @@ class PASTA:
             "pad_token_id": self.tokenizer.pad_token_id,
             **generate_kwargs,
         }
-        with torch.no_grad():
-            if spans is None:
-                output = self.model.generate(**inputs, **settings)
-            else:
-                with self.steer_spans(
-                    inputs,
-                    offsets,
-                    spans,
-                    texts=texts,
-                    alpha=alpha,
-                    scale_position=scale_position,
-                    head_config=head_config,
-                    decode_steps=decode_steps,
-                ):
-                    output = self.model.generate(**inputs, **settings)
+        steering: AbstractContextManager[Any] = (
+            nullcontext()
+            if spans is None
+            else self.steer_spans(
+                inputs,
+                offsets,
+                spans,
+                texts=texts,
+                alpha=alpha,
+                scale_position=scale_position,
+                head_config=head_config,
+                decode_steps=decode_steps,
+            )
+        )
+        generate: Any = self.model.generate
+        with torch.no_grad(), steering:
+            output = generate(**inputs, **settings)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return list(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
 
