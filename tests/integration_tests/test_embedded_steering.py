@@ -27,8 +27,15 @@ def test_chat_template_span_mapping_is_exact(pasta) -> None:  # type: ignore[no-
     system = "You are terse. Always answer in French."
     user = "Bob is a chef. Bob recently became a pilot. What is Bob's job?"
     emphasized = ["Always answer in French.", "Bob recently became a pilot."]
-    spans = [[(system.index(emphasized[0]), system.index(emphasized[0]) + len(emphasized[0]))], [(user.index(emphasized[1]), user.index(emphasized[1]) + len(emphasized[1]))]]
-    text, rendered = render_chat(pasta.tokenizer, [{"role": "system", "content": system}, {"role": "user", "content": user}], spans)
+    spans = [
+        [(system.index(emphasized[0]), system.index(emphasized[0]) + len(emphasized[0]))],
+        [(user.index(emphasized[1]), user.index(emphasized[1]) + len(emphasized[1]))],
+    ]
+    text, rendered = render_chat(
+        pasta.tokenizer,
+        [{"role": "system", "content": system}, {"role": "user", "content": user}],
+        spans,
+    )
     assert [text[start:end] for start, end in rendered] == emphasized
     assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
     inputs, offsets = pasta.inputs_from_batch([text])
@@ -47,7 +54,12 @@ def test_chat_template_span_mapping_is_exact(pasta) -> None:  # type: ignore[no-
 
 def test_template_that_drops_a_message_is_an_error(pasta) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ChatTemplateError, match="dropped or rewrote message 0"):
-        render_chat(pasta.tokenizer, [{"role": "user", "content": "hi"}], [[(0, 2)]], chat_template="{{ 'fixed prompt' }}")
+        render_chat(
+            pasta.tokenizer,
+            [{"role": "user", "content": "hi"}],
+            [[(0, 2)]],
+            chat_template="{{ 'fixed prompt' }}",
+        )
 
 
 def test_emphasis_changes_the_answer(pasta) -> None:  # type: ignore[no-untyped-def]
