@@ -1,5 +1,7 @@
 """LangChain integration."""
 
+from langchain_pasta.chat_models import ChatPasta, ChatTemplateError
+from langchain_pasta.llms import PastaLLM
 from langchain_pasta.prompts import (
     SPANS_KEY,
     EmphasisError,
@@ -14,11 +16,14 @@ from langchain_pasta.prompts import (
 
 __all__ = [
     "SPANS_KEY",
+    "ChatPasta",
+    "ChatTemplateError",
     "EmphasisError",
     "EmphasizedChatPromptTemplate",
     "EmphasizedMessagePromptTemplate",
     "EmphasizedPromptTemplate",
     "EmphasizedPromptValue",
+    "PastaLLM",
     "emphasize",
     "emphasized_message",
     "message_spans",

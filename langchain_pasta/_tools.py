@@ -1,0 +1,266 @@
+r"""Tool rendering, tool-call parsing and output grammars for ``ChatPasta``.
+
+Tools use the Hermes/Qwen convention that many small instruct models were tuned on. When the
+chat template does not render tools itself, this block is added to the system message::
+
+    # Tools
+
+    You may call one or more functions to assist with the user query.
+
+    You are provided with function signatures within <tools></tools> XML tags:
+    <tools>
+    {"type": "function", "function": {"name": ..., "description": ..., "parameters": ...}}
+    </tools>
+
+    For each function call, return a json object with function name and arguments within
+    <tool_call></tool_call> XML tags:
+    <tool_call>
+    {"name": <function-name>, "arguments": <args-json-object>}
+    </tool_call>
+
+The model answers with ``<tool_call>\n{json}\n</tool_call>`` blocks, which are parsed back
+into ``AIMessage.tool_calls``. Past tool calls and tool results are rendered the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from langchain_core.messages import InvalidToolCall, ToolCall
+from langchain_core.messages.tool import invalid_tool_call, tool_call
+
+from langchain_pasta._generation import JSON_GRAMMAR_OPTIONS
+from pastalib.markup import parse_emphasis
+from pastalib.spans import Span, normalize_spans
+
+__all__ = [
+    "TOOL_CALL_CLOSE",
+    "TOOL_CALL_OPEN",
+    "json_schema_grammar",
+    "parse_tool_calls",
+    "render_tool_calls",
+    "render_tool_response",
+    "render_tools_block",
+    "tool_call_grammar",
+]
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+TOOL_RESPONSE_OPEN = "<tool_response>\n"
+TOOL_RESPONSE_CLOSE = "\n</tool_response>"
+_HEADER = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+)
+_FOOTER = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+)
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_BLOCK = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)" + re.escape(TOOL_CALL_CLOSE), re.DOTALL)
+
+
+def tool_description_spans(
+    spec: Mapping[str, Any], emphasize: bool
+) -> tuple[dict[str, Any], list[Span]]:
+    """Removes inline emphasis markup from a tool's description.
+
+    Args:
+        spec: An OpenAI-format tool (``{"type": "function", "function": {...}}``).
+        emphasize: Emphasize the whole description.
+
+    Returns:
+        The tool with a plain description, and the emphasized spans into that description.
+    """
+    function = dict(spec.get("function", {}))
+    description = function.get("description") or ""
+    plain, spans = parse_emphasis(description)
+    if emphasize and plain:
+        spans = [(0, len(plain))]
+    function["description"] = plain
+    return {**spec, "function": function}, spans
+
+
+def render_tools_block(
+    specs: Sequence[Mapping[str, Any]], emphasized: Callable[[str], bool]
+) -> tuple[str, list[Span]]:
+    """Renders tools for the system message, with the emphasized description spans.
+
+    Args:
+        specs: OpenAI-format tools; descriptions may hold ``<em>`` markup.
+        emphasized: Whether a tool (by name) has its whole description emphasized.
+
+    Returns:
+        The tools block and the spans of emphasized description text within it.
+    """
+    lines = []
+    for spec in specs:
+        name = spec.get("function", {}).get("name", "")
+        plain, spans = tool_description_spans(spec, emphasized(name))
+        description = plain["function"]["description"]
+        # Sentinels survive json.dumps (ensure_ascii=False) so escaping cannot shift spans.
+        for start, end in reversed(spans):
+            description = (
+                description[:start] + _OPEN + description[start:end] + _CLOSE + description[end:]
+            )
+        plain["function"]["description"] = description
+        lines.append(json.dumps(plain, ensure_ascii=False))
+    marked = _HEADER + "\n".join(lines) + _FOOTER
+    return _strip_sentinels(marked)
+
+
+def _strip_sentinels(marked: str) -> tuple[str, list[Span]]:
+    out: list[str] = []
+    spans: list[Span] = []
+    start = 0
+    for char in marked:
+        if char == _OPEN:
+            start = len(out)
+        elif char == _CLOSE:
+            spans.append((start, len(out)))
+        else:
+            out.append(char)
+    return "".join(out), normalize_spans([s for s in spans if s[1] > s[0]])
+
+
+def render_tool_calls(calls: Sequence[Mapping[str, Any]]) -> str:
+    """Past tool calls of an assistant turn, in the format the model is asked to use."""
+    return "\n".join(
+        f"{TOOL_CALL_OPEN}\n"
+        + json.dumps({"name": call["name"], "arguments": call.get("args", {})}, ensure_ascii=False)
+        + f"\n{TOOL_CALL_CLOSE}"
+        for call in calls
+    )
+
+
+def render_tool_response(content: str) -> tuple[str, int]:
+    """A tool result as a user turn; returns the text and where ``content`` starts in it."""
+    return f"{TOOL_RESPONSE_OPEN}{content}{TOOL_RESPONSE_CLOSE}", len(TOOL_RESPONSE_OPEN)
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
+    """Splits model output into content and ``<tool_call>`` blocks.
+
+    Args:
+        text: The generated text.
+
+    Returns:
+        The text without tool-call blocks, the parsed tool calls, and the blocks that are not
+        a JSON object with a string ``name`` (``arguments`` or ``parameters`` may hold the
+        arguments).
+    """
+    calls: list[ToolCall] = []
+    invalid: list[InvalidToolCall] = []
+    pieces: list[str] = []
+    last = 0
+    matches = list(_BLOCK.finditer(text))
+    for match in matches:
+        pieces.append(text[last : match.start()])
+        last = match.end()
+        body = match.group(1).strip()
+        call_id = f"call_{uuid.uuid4().hex[:24]}"
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError as error:
+            invalid.append(invalid_tool_call(name=None, args=body, id=call_id, error=str(error)))
+            continue
+        arguments = (
+            data.get("arguments", data.get("parameters", {})) if isinstance(data, dict) else None
+        )
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("name"), str)
+            or not isinstance(arguments, dict)
+        ):
+            invalid.append(
+                invalid_tool_call(
+                    name=data.get("name") if isinstance(data, dict) else None,
+                    args=body,
+                    id=call_id,
+                    error='Expected {"name": <string>, "arguments": <object>}.',
+                )
+            )
+            continue
+        calls.append(tool_call(name=data["name"], args=arguments, id=call_id))
+    pieces.append(text[last:])
+    content = "".join(pieces)
+    # An unterminated block (output cut by max_new_tokens) is reported, not shown as content.
+    cut = content.find(TOOL_CALL_OPEN)
+    if cut != -1:
+        body = content[cut + len(TOOL_CALL_OPEN) :].strip()
+        invalid.append(
+            invalid_tool_call(
+                name=None,
+                args=body,
+                id=f"call_{uuid.uuid4().hex[:24]}",
+                error="Unterminated <tool_call> block (output cut off?).",
+            )
+        )
+        content = content[:cut]
+    if calls or invalid:
+        content = content.strip()
+    return content, calls, invalid
+
+
+def strict_schema(schema: Any) -> Any:
+    """A copy of a JSON schema whose objects allow no properties beyond the declared ones.
+
+    Constrained decoding follows the schema literally; without this a small model may invent
+    extra keys wherever ``additionalProperties`` is left open. Objects that declare no
+    ``properties`` (free-form objects) are left open.
+    """
+    if isinstance(schema, list):
+        return [strict_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(
+            value, dict
+        ):
+            # Name -> schema maps: recurse into the schemas, never treat the map as a schema.
+            out[key] = {name: strict_schema(sub) for name, sub in value.items()}
+        else:
+            out[key] = strict_schema(value)
+    if isinstance(out.get("properties"), dict) and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def _with_options(schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {**strict_schema(dict(schema)), "x-guidance": JSON_GRAMMAR_OPTIONS}
+
+
+def json_schema_grammar(schema: Mapping[str, Any] | None) -> str:
+    """An llguidance grammar for one JSON value matching ``schema`` (any object if None)."""
+    import llguidance
+
+    return llguidance.LLMatcher.grammar_from_json_schema(
+        _with_options(schema or {"type": "object"})
+    )
+
+
+def tool_call_grammar(specs: Sequence[Mapping[str, Any]]) -> str:
+    """An llguidance grammar for exactly one ``<tool_call>`` block calling one of ``specs``."""
+    import llguidance
+
+    options = []
+    for spec in specs:
+        function = spec["function"]
+        parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": function["name"]}, "arguments": parameters},
+                "required": ["name", "arguments"],
+            }
+        )
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    opening, closing = json.dumps(TOOL_CALL_OPEN + "\n"), json.dumps("\n" + TOOL_CALL_CLOSE)
+    lark = f"start: {opening} call {closing}\ncall: %json {json.dumps(_with_options(schema))}\n"
+    return llguidance.LLMatcher.grammar_from_lark(lark)
