@@ -25,6 +25,7 @@ contexts on one model never restore the original backend under each other.
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import threading
@@ -82,7 +83,8 @@ class SteeringPlan:
     decode_steps: int | None = None
     total_length: int | None = None
     forward_passes: int = 0
-    _bias_cache: dict[tuple[Any, ...], torch.Tensor | None] = field(default_factory=dict)
+    _bias_cache: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    _cpu_bias: torch.Tensor | None = None
 
     def observe_forward(self, total_length: int) -> None:
         """Records a new forward pass over a sequence of ``total_length`` absolute positions."""
@@ -133,6 +135,52 @@ class SteeringPlan:
             bias = bias.repeat_interleave(batch // prompt_batch, dim=0)
         return bias.view(batch, 1, 1, kv_length)
 
+    def key_segments(
+        self, batch: int, kv_length: int, dtype: torch.dtype, device: torch.device
+    ) -> list[tuple[int, int, torch.Tensor | None]] | None:
+        """Splits the keys into runs over which every row's bias is constant.
+
+        Returns ``(start, end, [batch, 1, 1] bias or None for zero)`` per run, or None where
+        the keys are not the sequence's first ``kv_length`` positions, or there are more than
+        :data:`MAX_KEY_SEGMENTS` runs. Computed once per forward pass.
+        """
+        key = ("segments", batch, kv_length, dtype, device)
+        if key not in self._bias_cache:
+            self._bias_cache[key] = self._build_key_segments(batch, kv_length, dtype, device)
+        segments: list[tuple[int, int, torch.Tensor | None]] | None = self._bias_cache[key]
+        return segments
+
+    def _build_key_segments(
+        self, batch: int, kv_length: int, dtype: torch.dtype, device: torch.device
+    ) -> list[tuple[int, int, torch.Tensor | None]] | None:
+        total = self.total_length if self.total_length is not None else kv_length
+        prompt_batch = self.prompt_bias.shape[0]
+        if total != kv_length or batch % prompt_batch:
+            return None
+        if self._cpu_bias is None:
+            self._cpu_bias = self.prompt_bias.cpu()
+        full = torch.zeros(prompt_batch, kv_length, dtype=self._cpu_bias.dtype)
+        window = self._cpu_bias[:, :kv_length]
+        full[:, : window.shape[1]] = window
+        changes = (full[:, 1:] != full[:, :-1]).any(dim=0).nonzero().flatten() + 1
+        bounds = [0, *changes.tolist(), kv_length]
+        if len(bounds) - 1 > MAX_KEY_SEGMENTS:
+            return None
+        segments: list[tuple[int, int, torch.Tensor | None]] = []
+        for start, end in itertools.pairwise(bounds):
+            values = full[:, start]
+            bias = None
+            if bool(values.any()):
+                bias = values.repeat_interleave(batch // prompt_batch).to(device, dtype)
+                bias = bias.view(batch, 1, 1)
+            segments.append((start, end, bias))
+        return segments
+
+
+# Above this many constant-bias runs of keys, prefill falls back to a materialised mask.
+MAX_KEY_SEGMENTS = 8
+# Prefills at least this long use the segmented causal kernel (below, the masked kernel wins).
+SEGMENTED_MIN_QUERIES = 1024
 
 _ACTIVE_PLANS: ContextVar[tuple[SteeringPlan, ...]] = ContextVar("pasta_active_plans", default=())
 
@@ -154,11 +202,12 @@ _MISSING: Any = object()
 
 def _steering_for(
     module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
-) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+) -> tuple[SteeringPlan, torch.Tensor | None, torch.Tensor] | None:
     """What to add to this call's logits, or None to run plain.
 
-    Returns ``(heads, [batch, 1, 1, kv] bias)`` when every row steers the same heads, or
-    ``(None, [batch, heads, 1, kv] bias)`` when rows steer different heads (profiling).
+    Returns ``(plan, heads, [batch, 1, 1, kv] bias)`` when every row steers the same heads,
+    or ``(plan, None, [batch, heads, 1, kv] bias)`` when rows steer different heads
+    (profiling).
     """
     steer = _lookup(module)
     if steer is None:
@@ -168,11 +217,11 @@ def _steering_for(
     if bias is None:
         return None
     if heads.dtype != torch.bool:
-        return heads, bias
+        return plan, heads, bias
     rows = heads
     if rows.shape[0] != bias.shape[0]:
         rows = rows.repeat_interleave(bias.shape[0] // rows.shape[0], dim=0)
-    return None, bias * rows[:, :, None, None].to(bias.dtype)
+    return plan, None, bias * rows[:, :, None, None].to(bias.dtype)
 
 
 class _HeadSubset:
@@ -237,7 +286,7 @@ def steered_eager_attention(
     eager = _module_eager_forward(module)
     steering = _steering_for(module, query, key)
     if steering is not None:
-        heads, bias = steering
+        _, heads, bias = steering
         is_causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
         mask = _float_mask(attention_mask, query, key, is_causal)
         if heads is None:
@@ -281,8 +330,27 @@ def steered_sdpa_attention(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    heads, bias = steering
+    plan, heads, bias = steering
     num_heads = query.shape[1]
+    is_causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
+    segments = _prefill_segments(plan, heads, query, key, value, attention_mask, is_causal, dropout)
+    if segments is not None and heads is not None:
+        if heads.numel() == num_heads:
+            steered = _segmented_causal_attention(query, key, value, segments, scaling)
+            return steered.transpose(1, 2).contiguous(), None
+        output, _ = sdpa_attention_forward(
+            module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs
+        )
+        kv_heads = heads // (num_heads // key.shape[1])
+        steered = _segmented_causal_attention(
+            query.index_select(1, heads),
+            key.index_select(1, kv_heads),
+            value.index_select(1, kv_heads),
+            segments,
+            scaling,
+        )
+        output[:, :, heads] = steered.transpose(1, 2)  # output is [batch, q, heads, head_dim]
+        return output, None
     if heads is None or heads.numel() == num_heads:
         return sdpa_attention_forward(
             module,
@@ -315,6 +383,94 @@ def steered_sdpa_attention(
     )
     output[:, :, heads] = steered  # output is [batch, q, heads, head_dim]
     return output, None
+
+
+def _prefill_segments(
+    plan: SteeringPlan,
+    heads: torch.Tensor | None,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    is_causal: bool,
+    dropout: float,
+) -> list[tuple[int, int, torch.Tensor | None]] | None:
+    """The key runs for :func:`_segmented_causal_attention`, or None where it does not apply.
+
+    It applies to long unpadded causal prefills on CPU (where plain SDPA takes its causal fast
+    path) when every row steers the same heads.
+    """
+    q_length = query.shape[2]
+    if (
+        heads is None
+        or attention_mask is not None
+        or not is_causal
+        or dropout
+        or q_length < SEGMENTED_MIN_QUERIES
+        or key.shape[2] != q_length
+        or query.device.type != "cpu"
+        or key.shape[-1] != value.shape[-1]
+        or torch.compiler.is_compiling()
+    ):
+        return None
+    return plan.key_segments(query.shape[0], q_length, query.dtype, query.device)
+
+
+def _segmented_causal_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segments: Sequence[tuple[int, int, torch.Tensor | None]],
+    scaling: float | None,
+) -> torch.Tensor:
+    """Causal attention with a per-run constant key bias, without materialising any mask.
+
+    The bias is constant over each run of keys ``[start, end)``, so the attention splits into
+    one causal flash-attention call per run: queries ``[start, q)`` against keys
+    ``[start, end)``, where SDPA's upper-left causal alignment is exactly the causal mask.
+    Each call returns its log-sum-exp; adding the run's bias to it and merging the partial
+    outputs with softmax weights gives the biased attention exactly, while every call keeps
+    the causal fast path (no ``[q, kv]`` mask, masked-out blocks skipped).
+
+    Args:
+        query: ``[batch, heads, q, head_dim]``.
+        key: ``[batch, kv_heads, q, head_dim]`` (GQA groups are expanded here).
+        value: Same shape as ``key``.
+        segments: From :meth:`SteeringPlan.key_segments`, starting at 0.
+        scaling: The softmax scale (None: ``head_dim ** -0.5``).
+
+    Returns:
+        ``[batch, heads, q, head_dim]``.
+    """
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    output: torch.Tensor | None = None
+    total: torch.Tensor | None = None  # running log-sum-exp per query
+    for start, end, bias in segments:
+        part, lse = flash(
+            query[:, :, start:],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            0.0,
+            True,
+            scale=scaling,
+        )
+        if bias is not None:
+            lse = lse + bias.to(lse.dtype)
+        if output is None or total is None:
+            output, total = part.to(lse.dtype), lse
+            continue
+        seen = total[:, :, start:]
+        merged = torch.logaddexp(seen, lse)
+        output[:, :, start:] = output[:, :, start:] * (seen - merged).exp().unsqueeze(-1) + part.to(
+            lse.dtype
+        ) * (lse - merged).exp().unsqueeze(-1)
+        total[:, :, start:] = merged
+    assert output is not None
+    return output.to(query.dtype)
 
 
 def _recording_mask(base: Callable[..., Any]) -> Callable[..., Any]:
