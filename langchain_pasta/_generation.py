@@ -44,6 +44,7 @@ from typing_extensions import Self
 
 from pastalib.heads import (
     HeadConfigSpec,
+    head_config_metadata,
     model_dimensions,
     resolve_head_config,
     shipped_head_configs,
@@ -798,7 +799,9 @@ class PastaParams(BaseModel):
 
     @classmethod
     def from_default(cls, **kwargs: Any) -> Self:
-        """The embedded SmolLM2-135M-Instruct with its head config (loaded once per process).
+        """The embedded SmolLM2-135M-Instruct with its shipped head config and alpha.
+
+        Weights are loaded once per process and shared.
 
         Args:
             **kwargs: Other fields (``alpha``, ``max_new_tokens``...).
@@ -809,6 +812,12 @@ class PastaParams(BaseModel):
         from pastalib.models import DEFAULT_MODEL_ID
 
         kwargs.setdefault("model_name", DEFAULT_MODEL_ID)
+        if DEFAULT_MODEL_ID in shipped_head_configs():
+            kwargs.setdefault("head_config", DEFAULT_MODEL_ID)
+            # The alpha the shipped config was chosen with, unless the caller picks one.
+            alpha = head_config_metadata(DEFAULT_MODEL_ID).get("alpha")
+            if isinstance(alpha, (int, float)):
+                kwargs.setdefault("alpha", float(alpha))
         return cls.from_model_id(DEFAULT_MODEL_ID, **kwargs)
 
     @property

@@ -48,8 +48,9 @@ from langchain_pasta._tools import (
     tool_description_spans,
 )
 from langchain_pasta.prompts import message_spans
+from pastalib.chat import ChatTemplateError, render_chat
 from pastalib.markup import MarkupError, parse_emphasis
-from pastalib.spans import Span, SpanError, normalize_spans
+from pastalib.spans import Span, normalize_spans
 
 __all__ = ["ChatPasta", "ChatTemplateError"]
 
@@ -63,10 +64,6 @@ _SKIPPED_BLOCKS = {
     "thinking",
     "reasoning",
 }
-
-
-class ChatTemplateError(SpanError):
-    """The chat template dropped or rewrote emphasized content, so its spans cannot be placed."""
 
 
 @dataclass
@@ -638,8 +635,10 @@ class ChatPasta(PastaParams, BaseChatModel):
 
         Exact first: the emphasized turns are rendered again with their contents wrapped in
         numbered private-use markers; if stripping the markers gives back the same prompt,
-        the markers give each content's position. Templates that inspect the content (and so
-        change with the markers) fall back to finding each content verbatim, in order.
+        the markers give each content's position (a verbatim search could match a short
+        content inside template boilerplate). Templates that inspect the content, and so change
+        with the markers, fall back to :func:`pastalib.chat.render_chat`, which finds each
+        content verbatim, in order.
         """
         wanted = [i for i, turn in enumerate(turns) if turn.spans]
         if not wanted:
@@ -647,23 +646,17 @@ class ChatPasta(PastaParams, BaseChatModel):
         exact = self._locate_with_markers(turns, wanted, text, tools)
         if exact is not None:
             return exact
-        spans: list[Span] = []
-        cursor = 0
-        for turn in turns:
-            if not turn.content:
-                continue
-            position = text.find(turn.content, cursor)
-            if position == -1:
-                if turn.spans:
-                    raise ChatTemplateError(
-                        f"The chat template dropped or rewrote {turn.label}: its content does "
-                        "not appear verbatim in the rendered prompt, so its emphasis cannot be "
-                        "placed. Use a template that keeps message contents as they are, or "
-                        "move the emphasis to another message."
-                    )
-                continue
-            spans.extend((position + s, position + e) for s, e in turn.spans)
-            cursor = position + len(turn.content)
+        rendered, spans = render_chat(
+            self.tokenizer,
+            [turn.as_dict() for turn in turns],
+            [turn.spans for turn in turns],
+            tools=tools,
+            **self.chat_template_kwargs,
+        )
+        if rendered != text:  # a template that does not render deterministically
+            raise ChatTemplateError(
+                "The chat template rendered the conversation differently twice."
+            )
         return spans
 
     def _locate_with_markers(
