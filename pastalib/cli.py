@@ -199,3 +199,164 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --------------------------------------------------------------------------------------------
+# Profiling and evaluation (logic in pastalib.profiling / pastalib.evaluation).
+
+
+def _task_list(tasks: str) -> list[str]:
+    from pastalib.tasks import TASKS
+
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(TASKS))
+    if unknown or not names:
+        raise typer.BadParameter(f"Unknown task(s) {unknown}; choose from {', '.join(TASKS)}.")
+    return names
+
+
+@app.command()
+def profile(
+    tasks: Annotated[
+        str, typer.Option(help="Comma-separated task names.")
+    ] = "knowledge_conflict,format_constraints,json_format",
+    n: Annotated[int, typer.Option("--n", min=1, help="Train examples per task.")] = 8,
+    k: Annotated[int | None, typer.Option(help="Heads in the written config.")] = 24,
+    per_task_k: Annotated[
+        int | None, typer.Option(help="Per-task top-k before intersecting (default: k).")
+    ] = None,
+    selection: Annotated[str, typer.Option(help="intersection, union or mean.")] = "intersection",
+    alpha: Annotated[float, typer.Option(help="Attention scale used while profiling.")] = 0.1,
+    decode_steps: Annotated[
+        int | None, typer.Option(help="Recommended decode_steps stored in the config.")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="'decode' (fast) or 'full' (prefill too).")] = "decode",
+    penalty: Annotated[float, typer.Option(help="Weight of the loop penalty.")] = 1.0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Heads per forward pass.")] = 27,
+    seed: int = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Head-config JSON to write.")] = Path(
+        "head_config.json"
+    ),
+    heatmap: Annotated[Path | None, typer.Option(help="PNG heatmap of head scores.")] = Path(
+        "head_scores.png"
+    ),
+    cache: Annotated[Path | None, typer.Option(help="Partial-score file; rerun to resume.")] = Path(
+        "profile_cache.json"
+    ),
+    scores: Annotated[Path | None, typer.Option(help="Write the score tables as JSON.")] = None,
+    model: ModelOption = "default",
+) -> None:
+    """Scores every attention head on train tasks and writes a head config (+ heatmap)."""
+    import json
+
+    from rich.progress import Progress
+
+    from pastalib import profiling
+    from pastalib.pasta import PASTA
+
+    names = _task_list(tasks)
+    loaded_model, tokenizer = load(model)
+    pasta = PASTA(loaded_model, tokenizer, [0], alpha=alpha)
+    examples = profiling.train_examples(names, n, seed)
+    total = len(names) * n * pasta.num_layers * pasta.num_heads
+    with Progress(console=console) as bar:
+        job = bar.add_task("profiling heads", total=total)
+        result = profiling.profile_heads(
+            pasta,
+            examples,
+            alpha=alpha,
+            mode=mode,  # type: ignore[arg-type]
+            penalty=penalty,
+            batch_size=batch_size,
+            cache_path=cache,
+            model_id=model,
+            progress=lambda done: bar.advance(job, done),
+        )
+    config = profiling.select_heads(
+        {task: result.head_scores(task) for task in names},
+        k=k,
+        per_task_k=per_task_k,
+        selection=selection,  # type: ignore[arg-type]
+    )
+    document = profiling.head_config_document(
+        config,
+        model_id=str(getattr(loaded_model.config, "_name_or_path", model)) or model,
+        tasks=names,
+        alpha=alpha,
+        k=k,
+        per_task_k=per_task_k,
+        selection=selection,
+        scoring=profiling.scoring_description(mode, penalty),
+        data={"split": "train", "n_per_task": n, "seed": seed},
+        num_layers=result.num_layers,
+        num_heads=result.num_heads,
+        decode_steps=decode_steps,
+        extra={"profile_seconds": round(result.seconds, 1)},
+    )
+    profiling.write_head_config(out, document)
+    if heatmap is not None:
+        profiling.plot_heatmap(result, heatmap, title=f"head scores, alpha={alpha:g}, n={n}/task")
+    if scores is not None:
+        scores.write_text(json.dumps(profiling.profile_to_json(result)) + "\n")
+    console.print(
+        f"Scored {result.num_layers * result.num_heads} heads on {len(names)} task(s) x {n} "
+        f"examples in {result.seconds:.0f} s; {count_heads(config)} heads selected -> {out}"
+        + (f", heatmap {heatmap}" if heatmap is not None else "")
+    )
+
+
+@app.command(name="eval")
+def evaluate_command(
+    head_config: HeadsOption = DEFAULT_HEADS,
+    alpha: AlphaOption = None,
+    decode_steps: Annotated[
+        int | None, typer.Option(help="Steer prefill + this many decode steps (default: config's).")
+    ] = None,
+    tasks: Annotated[str, typer.Option(help="Comma-separated task names.")] = (
+        "json_format,pronoun_change,knowledge_conflict,format_constraints"
+    ),
+    limit: Annotated[int, typer.Option(min=1, help="Examples per task.")] = 32,
+    split: Annotated[str, typer.Option(help="'test' (report) or 'train' (tune).")] = "test",
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 40,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="JSON results file.")] = Path(
+        "eval_results.json"
+    ),
+    model: ModelOption = "default",
+) -> None:
+    """Runs the task suite unsteered, steered and with the prompt-only baseline."""
+    from rich.progress import Progress
+
+    from pastalib import evaluation
+    from pastalib.pasta import PASTA
+
+    names = _task_list(tasks)
+    loaded_model, tokenizer = load(model)
+    scale = default_alpha(head_config, alpha)
+    if decode_steps is None:
+        try:
+            decode_steps = head_config_metadata(head_config).get("decode_steps")
+        except (OSError, ValueError):
+            decode_steps = None
+    pasta = PASTA(loaded_model, tokenizer, head_config, alpha=scale)
+    conditions = evaluation.standard_conditions(decode_steps=decode_steps)
+    with Progress(console=console) as bar:
+        job = bar.add_task("generating", total=len(names) * limit * len(conditions))
+        results = evaluation.evaluate(
+            pasta,
+            names,
+            conditions,
+            split=split,
+            limit=limit,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=lambda done: bar.advance(job, done),
+        )
+    results["settings"]["head_config"] = head_config
+    console.print(evaluation.results_table(results, "lenient_ok"))
+    console.print(evaluation.results_table(results, "strict_ok"))
+    if out is not None:
+        evaluation.write_results(results, out)
+        console.print(f"Wrote {out}")

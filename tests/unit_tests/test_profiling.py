@@ -1,0 +1,344 @@
+"""Head profiling (selection, config round trip, resumability, scores) and the eval harness."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pastalib import PASTA, evaluation, profiling
+from pastalib.heads import head_config_metadata, load_head_config, resolve_head_config
+from pastalib.tasks import generate
+from tests.tiny import tiny_model
+
+# Hand-written score tables: task -> {(layer, head): score}.
+TABLES: dict[str, dict[tuple[int, int], float]] = {
+    "a": {(0, 0): 0.9, (0, 1): 0.8, (1, 0): 0.7, (1, 1): -0.1, (2, 0): 0.2},
+    "b": {(0, 0): 0.1, (0, 1): 0.9, (1, 0): -0.5, (1, 1): 0.8, (2, 0): 0.3},
+}
+
+
+@pytest.fixture(scope="module")
+def llama() -> Any:
+    return tiny_model("llama", "sdpa", torch.float32)
+
+
+@pytest.fixture(scope="module")
+def pasta(llama: Any, tokenizer: Any) -> PASTA:
+    return PASTA(llama, tokenizer, [2], alpha=0.1)
+
+
+# --- selection -----------------------------------------------------------------------------
+
+
+def test_intersection_keeps_heads_in_every_top_k() -> None:
+    # top-3 of a: (0,0) (0,1) (1,0); top-3 of b: (0,1) (1,1) (2,0) -> only (0,1) in both.
+    assert profiling.select_heads(TABLES, per_task_k=3, selection="intersection") == {0: [1]}
+    # top-4 adds (2,0) to a and (0,0) to b: both now in both. Means: (0,1) .85, (0,0) .5,
+    # (2,0) .25, so k=2 drops (2,0).
+    assert profiling.select_heads(TABLES, per_task_k=4) == {0: [0, 1], 2: [0]}
+    assert profiling.select_heads(TABLES, k=2, per_task_k=4) == {0: [0, 1]}
+
+
+def test_union_takes_any_top_k_and_cuts_by_mean() -> None:
+    union = profiling.select_heads(TABLES, per_task_k=2, selection="union")
+    assert union == {0: [0, 1], 1: [1]}
+    # Means: (0,1) .85, (0,0) .5, (1,1) .35 -> k=2 keeps the first two.
+    assert profiling.select_heads(TABLES, k=2, per_task_k=2, selection="union") == {0: [0, 1]}
+
+
+def test_positive_only_and_mean_selection() -> None:
+    # a has 4 positive heads; asking for 5 must not pull in the negative one.
+    assert profiling.top_heads(TABLES["a"], 5) == [(0, 0), (0, 1), (1, 0), (2, 0)]
+    assert len(profiling.top_heads(TABLES["a"], 5, positive_only=False)) == 5
+    assert profiling.select_heads(TABLES, k=2, selection="mean") == {0: [0, 1]}
+    with pytest.raises(ValueError, match="needs k"):
+        profiling.select_heads(TABLES, selection="mean")
+    with pytest.raises(ValueError, match="Unknown selection"):
+        profiling.select_heads(TABLES, k=2, selection="vote")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        profiling.select_heads({}, k=2)
+
+
+# --- config round trip -----------------------------------------------------------------------
+
+
+def test_config_document_round_trip(tmp_path: Path, pasta: PASTA) -> None:
+    config = {2: [3, 1], 0: [0]}
+    document = profiling.head_config_document(
+        {layer: sorted(heads) for layer, heads in config.items()},
+        model_id="tiny-llama",
+        tasks=["knowledge_conflict"],
+        alpha=0.1,
+        k=3,
+        per_task_k=None,
+        selection="intersection",
+        scoring=profiling.scoring_description("decode", 1.0),
+        data={"split": "train", "n_per_task": 2, "seed": 0},
+        num_layers=3,
+        num_heads=4,
+        decode_steps=5,
+    )
+    path = profiling.write_head_config(tmp_path / "cfg.json", document)
+    assert load_head_config(path) == {"0": [0], "2": [1, 3]}
+    assert PASTA.load_head_config(path) == {"0": [0], "2": [1, 3]}
+    assert resolve_head_config(path, 3, 4) == {0: [0], 2: [1, 3]}
+    assert pasta.resolve_heads(path) == {0: [0], 2: [1, 3]}
+    metadata = head_config_metadata(path)
+    from pastalib import __version__
+
+    assert metadata["alpha"] == 0.1 and metadata["decode_steps"] == 5
+    assert metadata["library_version"] == __version__
+    assert metadata["tasks"] == ["knowledge_conflict"] and metadata["k"] == 3
+    assert metadata["data"]["n_per_task"] == 2 and metadata["model"] == "tiny-llama"
+    assert "head_config" not in metadata and len(metadata["date"]) == 10
+
+
+# --- scores ----------------------------------------------------------------------------------
+
+
+def _manual_full_gain(pasta: PASTA, prepared: profiling.PreparedExample, head: Any) -> float:
+    """Δ mean log-likelihood of the answer, computed with the public steering API."""
+    ids = torch.tensor([prepared.prompt_ids + prepared.target_ids])
+    n_prompt, n_target = len(prepared.prompt_ids), len(prepared.target_ids)
+    emphasis = torch.tensor([prepared.emphasis])
+
+    def answer_logprob(steered: bool) -> torch.Tensor:
+        with torch.no_grad():
+            if steered:
+                with pasta.steer_tokens(
+                    emphasis, torch.ones(1, n_prompt), alpha=0.1, head_config={head[0]: [head[1]]}
+                ):
+                    logits = pasta.model(input_ids=ids).logits
+            else:
+                logits = pasta.model(input_ids=ids).logits
+        logprobs = torch.log_softmax(logits[0, n_prompt - 1 : n_prompt - 1 + n_target], -1)
+        return logprobs.gather(-1, ids[0, n_prompt:, None]).mean()
+
+    return float(answer_logprob(True) - answer_logprob(False))
+
+
+def test_full_mode_matches_manual_steering(pasta: PASTA) -> None:
+    example = generate("knowledge_conflict", "train", 1)[0]
+    prepared = profiling.prepare_example(pasta.tokenizer, example, repeat_tokens=0)
+    assert any(prepared.emphasis) and not all(prepared.emphasis)
+    heads = [(layer, head) for layer in range(3) for head in range(4)]
+    scores = profiling.HeadScorer(pasta, 0.1, mode="full", batch_size=5).score_heads(
+        prepared, heads
+    )
+    for head in [(0, 1), (1, 2), (2, 3)]:
+        assert scores[head][0] == pytest.approx(_manual_full_gain(pasta, prepared, head), abs=1e-6)
+    # Steering changes something: not all gains vanish.
+    assert max(abs(gain) for gain, _ in scores.values()) > 1e-6
+
+
+def test_layer_sharing_and_batching_do_not_change_scores(pasta: PASTA) -> None:
+    example = generate("json_format", "train", 1)[0]
+    prepared = profiling.prepare_example(pasta.tokenizer, example, repeat_tokens=3)
+    assert len(prepared.repeat_ids) == 3
+    heads = [(layer, head) for layer in range(3) for head in range(4)]
+    shared = profiling.HeadScorer(pasta, 0.1, batch_size=5)
+    assert shared.layers is not None and len(shared.layers) == 3
+    plain = profiling.HeadScorer(pasta, 0.1, batch_size=1)
+    plain.layers = None
+    first, second = shared.score_heads(prepared, heads), plain.score_heads(prepared, heads)
+    for head in heads:
+        assert first[head] == pytest.approx(second[head], abs=1e-6)
+
+
+def test_profile_heads_resumes_from_partial_cache(
+    tmp_path: Path, pasta: PASTA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    examples = profiling.train_examples(["knowledge_conflict", "json_format"], 2)
+    path = tmp_path / "cache.json"
+    full = profiling.profile_heads(pasta, examples, cache_path=path, batch_size=6)
+    assert set(full.score) == {"knowledge_conflict", "json_format"}
+    assert len(full.score["json_format"]) == 3 and len(full.score["json_format"][0]) == 4
+    # A penalised score never exceeds its gain.
+    for task in full.score:
+        for layer in range(3):
+            for head in range(4):
+                assert full.score[task][layer][head] <= full.gain[task][layer][head] + 1e-12
+
+    # Drop some heads of one example, as if interrupted: only those are recomputed.
+    data = json.loads(path.read_text())
+    uid = examples["json_format"][1].uid
+    for key in ["0.1", "2.3"]:
+        del data["scores"]["json_format"][uid][key]
+    path.write_text(json.dumps(data))
+    asked: list[list[tuple[int, int]]] = []
+    original = profiling.HeadScorer.score_heads
+
+    def spy(self: profiling.HeadScorer, prepared: Any, heads: Any) -> Any:
+        asked.append(list(heads))
+        return original(self, prepared, heads)
+
+    monkeypatch.setattr(profiling.HeadScorer, "score_heads", spy)
+    ticks: list[int] = []
+    resumed = profiling.profile_heads(
+        pasta, examples, cache_path=path, batch_size=6, progress=ticks.append
+    )
+    assert asked == [[(0, 1), (2, 3)]]
+    assert sum(ticks) == 2 * 2 * 12
+    for task in full.score:
+        assert torch.allclose(torch.tensor(resumed.score[task]), torch.tensor(full.score[task]))
+
+    # Other settings (here alpha) never reuse the file's scores.
+    asked.clear()
+    profiling.profile_heads(
+        pasta, {"json_format": examples["json_format"][:1]}, alpha=0.5, cache_path=path
+    )
+    assert asked and len(asked[0]) == 12
+
+
+def test_heatmap_and_scores_json(tmp_path: Path, pasta: PASTA) -> None:
+    result = profiling.profile_heads(pasta, profiling.train_examples(["knowledge_conflict"], 1))
+    png = profiling.plot_heatmap(result, tmp_path / "h.png", title="t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = profiling.profile_to_json(result)
+    assert data["examples"] == {"knowledge_conflict": 1}
+    assert math.isfinite(data["score"]["knowledge_conflict"][2][3])
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+
+def test_evaluate_structure(pasta: PASTA) -> None:
+    tasks = ["knowledge_conflict", "format_constraints"]
+    conditions = evaluation.standard_conditions(head_config={2: [0, 1]}, alpha=0.1, decode_steps=2)
+    results = evaluation.evaluate(pasta, tasks, conditions, limit=2, max_new_tokens=3, skip=1)
+    assert set(results) == {"settings", "tasks", "overall", "examples"}
+    assert results["settings"]["skip"] == 1
+    assert [c["name"] for c in results["settings"]["conditions"]] == [
+        "unsteered",
+        "steered",
+        "prompt_only",
+    ]
+    assert len(results["examples"]) == 2 * 3 * 2
+    assert {r["uid"] for r in results["examples"]} >= {
+        "knowledge_conflict:test:0:1",
+        "knowledge_conflict:test:0:2",
+    }
+    for task in tasks:
+        for name in ("unsteered", "steered", "prompt_only"):
+            rates = results["tasks"][task][name]
+            assert rates["n"] == 2
+            assert all(0.0 <= rates[metric] <= 1.0 for metric in evaluation.METRICS)
+            # The degeneration-aware rate can never exceed the plain one.
+            assert rates["lenient_ok"] <= rates["lenient"] and rates["strict_ok"] <= rates["strict"]
+    assert results["overall"]["steered"]["n"] == 4
+    table = evaluation.markdown_table(results)
+    assert table.count("\n") == 2 + len(tasks) and "overall" in table
+    evaluation.results_table(results)  # renders without error
+    with pytest.raises(ValueError, match="unique"):
+        evaluation.evaluate(pasta, tasks, [evaluation.Condition("x"), evaluation.Condition("x")])
+
+
+def test_summarize_counts() -> None:
+    rows = [
+        {
+            "lenient_ok": True,
+            "strict_ok": False,
+            "lenient": True,
+            "strict": True,
+            "degenerate": True,
+        },
+        {
+            "lenient_ok": False,
+            "strict_ok": False,
+            "lenient": False,
+            "strict": False,
+            "degenerate": False,
+        },
+    ]
+    summary = evaluation.summarize(rows)
+    assert summary == {
+        "n": 2,
+        "lenient_ok": 0.5,
+        "strict_ok": 0.0,
+        "lenient": 0.5,
+        "strict": 0.5,
+        "degenerate": 0.5,
+    }
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory, llama: Any, tokenizer: Any) -> Path:
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    llama.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_cli_profile_and_eval(tmp_path: Path, tiny_dir: Path) -> None:
+    from pastalib.cli import app
+
+    runner = CliRunner()
+    out, heat, cache = tmp_path / "cfg.json", tmp_path / "h.png", tmp_path / "c.json"
+    result = runner.invoke(
+        app,
+        [
+            "profile",
+            "--model",
+            str(tiny_dir),
+            "--tasks",
+            "knowledge_conflict,json_format",
+            "--n",
+            "1",
+            "--k",
+            "3",
+            "--selection",
+            "union",
+            "--out",
+            str(out),
+            "--heatmap",
+            str(heat),
+            "--cache",
+            str(cache),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert document["tasks"] == ["knowledge_conflict", "json_format"]
+    assert document["selection"] == "union" and document["k"] == 3
+    assert heat.is_file() and cache.is_file()
+    assert sum(len(h) for h in document["head_config"].values()) <= 3
+    if not document["head_config"]:  # nothing helped on this random model: steer one head
+        document["head_config"] = {"2": [0]}
+        out.write_text(json.dumps(document))
+
+    results_path = tmp_path / "r.json"
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(tiny_dir),
+            "--head-config",
+            str(out),
+            "--tasks",
+            "knowledge_conflict",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--out",
+            str(results_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads(results_path.read_text())
+    assert results["tasks"]["knowledge_conflict"]["steered"]["n"] == 2
+    assert results["settings"]["alpha"] == document["alpha"]
+    assert "lenient_ok" in result.output
+
+    bad = runner.invoke(app, ["eval", "--model", str(tiny_dir), "--tasks", "nope"])
+    assert bad.exit_code != 0
