@@ -11,6 +11,8 @@ import argparse
 import json
 import statistics
 from collections.abc import Callable
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,19 @@ def head_set(count: int) -> dict[int, list[int]]:
     for layer, head in pairs[:: max(1, len(pairs) // count)][:count]:
         chosen.setdefault(layer, []).append(head)
     return resolve_head_config(chosen, LAYERS, HEADS)
+
+
+def run(
+    model: Any,
+    config: dict[int, list[int]] | None,
+    bias: torch.Tensor,
+    generate: bool = False,
+    **inputs: Any,
+) -> None:
+    """One forward pass (or ``generate``), steered with ``config`` unless it is None."""
+    call = model.generate if generate else model
+    with torch.no_grad(), nullcontext() if config is None else steer(model, config, bias):
+        call(**inputs)
 
 
 def timed(function: Callable[[], Any], repeats: int) -> list[float]:
@@ -134,31 +149,21 @@ def main() -> None:
             "all": head_set(LAYERS * HEADS),
         }
 
-        def prefill(config: dict[int, list[int]] | None) -> None:
-            with torch.no_grad():
-                if config is None:
-                    model(input_ids=prompt, attention_mask=prompt_mask)
-                else:
-                    with steer(model, config, prompt_bias_row):
-                        model(input_ids=prompt, attention_mask=prompt_mask)
+        inputs = {"input_ids": prompt, "attention_mask": prompt_mask}
+        prefill = partial(run, model, bias=prompt_bias_row, **inputs)
+        generate = partial(
+            run,
+            model,
+            bias=prompt_bias_row,
+            generate=True,
+            max_new_tokens=64,
+            min_new_tokens=64,
+            do_sample=False,
+            pad_token_id=0,
+            **inputs,
+        )
 
-        def generate(config: dict[int, list[int]] | None) -> None:
-            kwargs = dict(
-                input_ids=prompt,
-                attention_mask=prompt_mask,
-                max_new_tokens=64,
-                min_new_tokens=64,
-                do_sample=False,
-                pad_token_id=0,
-            )
-            with torch.no_grad():
-                if config is None:
-                    model.generate(**kwargs)
-                else:
-                    with steer(model, config, prompt_bias_row):
-                        model.generate(**kwargs)
-
-        for name, config in configs.items():  # warm-up
+        for config in configs.values():  # warm-up
             prefill(config)
         samples: dict[str, dict[str, list[float]]] = {
             name: {"prefill": [], "generate": [], "peak_mb": []} for name in configs
@@ -167,10 +172,10 @@ def main() -> None:
             for name, config in configs.items():
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
-                samples[name]["prefill"] += timed(lambda config=config: prefill(config), 1)
+                samples[name]["prefill"] += timed(partial(prefill, config), 1)
                 samples[name]["peak_mb"].append((torch.cuda.max_memory_allocated() - base) / 2**20)
                 if length <= 2048:
-                    samples[name]["generate"] += timed(lambda config=config: generate(config), 1)
+                    samples[name]["generate"] += timed(partial(generate, config), 1)
         plain = samples["plain"]
         row: dict[str, Any] = {}
         for name, sample in samples.items():
