@@ -681,6 +681,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--output", type=Path, help="JSON path (default: results/<mode>.json)")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        nargs="+",
+        help="merge results JSONs (e.g. runs of single cells) into --output, then render them",
+    )
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -709,6 +715,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.memory_probe:
         print(json.dumps(memory_probe(json.loads(args.memory_probe))))
+        return
+    if args.render:
+        parts = [json.loads(path.read_text()) for path in args.render]
+        results = {**parts[0], "cells": [cell for part in parts for cell in part["cells"]]}
+        results["runs"] = [
+            {"file": path.name, "settings": part["settings"], "machine": part["machine"]}
+            for path, part in zip(args.render, parts, strict=True)
+        ]
+        results["goals"] = goals(results)
+        output = args.output or RESULTS_DIR / "full.json"
+        output.write_text(json.dumps(results, indent=1))
+        name = "overhead.png" if output.stem == "full" else f"{output.stem}.png"
+        plot(results, output.with_name(name))
+        print_table(results)
+        print(markdown_table(results))
         return
     settings = settings_from(args)
     output = args.output or RESULTS_DIR / ("quick.json" if args.quick else "full.json")
