@@ -27,7 +27,7 @@ CASES = [(arch, "sdpa") for arch in ARCHITECTURES if arch != "gemma2"] + [
 
 
 def spans_of(texts: list[str], parts: list[str]) -> list[list[tuple[int, int]]]:
-    return [[(text.index(part), text.index(part) + len(part))] for text, part in zip(texts, parts)]
+    return [[(text.index(part), text.index(part) + len(part))] for text, part in zip(texts, parts, strict=True)]
 
 
 def encode(tokenizer, texts):  # type: ignore[no-untyped-def]
@@ -193,3 +193,32 @@ def test_include_with_inverse_alpha_equals_exclude(tokenizer) -> None:  # type: 
     real = inputs["attention_mask"].bool()
     assert torch.allclose(include[real], exclude[real], atol=1e-10)
     assert not torch.allclose(plain[real], exclude[real], atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gemma3_text"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_segmented_long_prefill_matches_reference(
+    arch: str, dtype: torch.dtype, tokenizer, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The segmented causal kernel that long unpadded prefills take equals the reference."""
+    from pastalib import steering
+
+    monkeypatch.setattr(steering, "SEGMENTED_MIN_QUERIES", 1)
+    used = []
+    original = steering._segmented_causal_attention
+    monkeypatch.setattr(
+        steering, "_segmented_causal_attention", lambda *a, **k: used.append(1) or original(*a, **k)
+    )
+    model = tiny_model(arch, "sdpa", dtype)
+    pasta = PASTA(model, tokenizer, HEADS, alpha=ALPHA)
+    texts = TEXTS[:1]
+    inputs, offsets = pasta.inputs_from_batch(texts)
+    spans = spans_of(texts, EMPHASIS[:1])
+    bias = expected_bias(encode(tokenizer, texts), spans, ALPHA)
+    with spy_attention(STEERED_SDPA) as calls, pasta.steer_spans(inputs, offsets, spans):
+        model(**inputs)
+    assert used, "the segmented kernel must have run"
+    atol = 1e-10 if dtype == torch.float64 else 1e-5
+    for call in calls:
+        expected, _ = reference_attention(call, bias, HEADS[call.layer])
+        assert torch.allclose(call.output.double(), expected, atol=atol), call.layer
