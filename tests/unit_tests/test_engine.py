@@ -194,7 +194,7 @@ def test_unsupported_architecture_and_backend(tokenizer) -> None:  # type: ignor
     llama.config._attn_implementation = "flash_attention_2"
     with pytest.raises(
         UnsupportedModelError,
-        match="'flash_attention_2' attention backend.*attn_implementation='sdpa'",
+        match=r"'flash_attention_2' attention backend.*attn_implementation='sdpa'",
     ):
         PASTA(llama, tokenizer, {0: [0]})
 
@@ -349,7 +349,7 @@ def test_rows_steering_different_heads_equal_separate_runs(backend: str, tokeniz
     emphasis = pasta.emphasis_mask([[(start, start + 11)]] * len(configs), inputs, offsets)
     with pasta.steer_tokens(emphasis, inputs["attention_mask"], row_head_configs=configs):
         batched = model.generate(**inputs, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
-    single, single_offsets = pasta.inputs_from_batch([TEXT])
+    single, _ = pasta.inputs_from_batch([TEXT])
     for row, config in enumerate(configs):
         with pasta.steer_tokens(emphasis[:1], single["attention_mask"], head_config=config):
             alone = model.generate(**single, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
