@@ -220,12 +220,12 @@ def profile(
     tasks: Annotated[
         str, typer.Option(help="Comma-separated task names.")
     ] = "knowledge_conflict,format_constraints,json_format",
-    n: Annotated[int, typer.Option("--n", min=1, help="Train examples per task.")] = 8,
+    n: Annotated[int, typer.Option("--n", min=1, help="Train examples per task.")] = 4,
     k: Annotated[int | None, typer.Option(help="Heads in the written config.")] = 24,
     per_task_k: Annotated[
-        int | None, typer.Option(help="Per-task top-k before intersecting (default: k).")
-    ] = None,
-    selection: Annotated[str, typer.Option(help="intersection, union or mean.")] = "intersection",
+        int | None, typer.Option(help="Per-task top-k before intersecting or uniting.")
+    ] = 8,
+    selection: Annotated[str, typer.Option(help="intersection, union or mean.")] = "union",
     alpha: Annotated[float, typer.Option(help="Attention scale used while profiling.")] = 0.1,
     decode_steps: Annotated[
         int | None, typer.Option(help="Recommended decode_steps stored in the config.")

@@ -590,7 +590,7 @@ def plot_heatmap(result: ProfileResult, path: Path, title: str = "") -> Path:
     figure, axes = plt.subplots(
         1,
         len(panels),
-        figsize=(1.2 + 1.9 * len(panels), 0.5 + 0.16 * result.num_layers),
+        figsize=(1.2 + 1.9 * len(panels), max(2.5, 0.5 + 0.16 * result.num_layers)),
         squeeze=False,
     )
     for axis, (name, table) in zip(axes[0], panels, strict=True):
@@ -599,6 +599,7 @@ def plot_heatmap(result: ProfileResult, path: Path, title: str = "") -> Path:
         axis.set_title(name, fontsize=8)
         axis.set_xlabel("head", fontsize=7)
         axis.set_ylabel("layer", fontsize=7)
+        axis.set_xticks(range(0, result.num_heads, max(1, result.num_heads // 8)))
         axis.tick_params(labelsize=6)
         figure.colorbar(image, ax=axis, fraction=0.08, pad=0.02).ax.tick_params(labelsize=6)
     if title:

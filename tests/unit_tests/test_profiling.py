@@ -99,6 +99,18 @@ def test_config_document_round_trip(tmp_path: Path, pasta: PASTA) -> None:
     assert "head_config" not in metadata and len(metadata["date"]) == 10
 
 
+def test_shipped_default_config_is_profiled() -> None:
+    metadata = head_config_metadata("smollm2-135m-instruct")
+    config = resolve_head_config("smollm2-135m-instruct", 30, 9)
+    assert config and not metadata.get("provisional", False)
+    assert metadata["scoring"] and metadata["tasks"] and metadata["library_version"]
+    assert metadata["alpha"] == 0.1 and "decode_steps" in metadata
+    knowledge = resolve_head_config("smollm2-135m-instruct-knowledge", 30, 9)
+    assert knowledge and head_config_metadata("smollm2-135m-instruct-knowledge")["tasks"] == [
+        "knowledge_conflict"
+    ]
+
+
 # --- scores ----------------------------------------------------------------------------------
 
 
