@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -99,7 +99,6 @@ class _ChunkBuilder:
     call: _Call
     hold: StopBuffer | None = None
     emitted: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Tool-call markup is held back from the visible content and parsed at the end.
@@ -120,7 +119,9 @@ class _ChunkBuilder:
         else:
             rest = text
         chunks = [
-            tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
+            tool_call_chunk(
+                name=c["name"], args=json.dumps(c["args"], ensure_ascii=False), id=c["id"], index=i
+            )
             for i, c in enumerate(calls)
         ] + [
             tool_call_chunk(
