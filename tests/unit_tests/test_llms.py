@@ -461,3 +461,50 @@ def test_system_message_spans_in_chat_input(llm: PastaLLM, steer_spy: SteerSpy) 
     assert_steered(
         steer_spy.plans[0].prompt_bias[0], tiny_tokenizer(), "System: Be brief.", ["Be brief"]
     )
+
+
+def test_stream_thread_runs_in_the_callers_context(
+    llm: PastaLLM, model: PreTrainedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Context variables (steering state among them) reach the generation thread."""
+    import contextvars
+
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")
+    seen: list[tuple[str, str]] = []
+    original = model.forward
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append((threading.current_thread().name, marker.get()))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording)
+    token = marker.set("caller")
+    try:
+        list(llm.stream(emphasized_prompt()))
+    finally:
+        marker.reset(token)
+    assert seen and all(entry == ("pasta-generate", "caller") for entry in seen)
+
+
+def test_standard_params_are_accepted(model: PreTrainedModel) -> None:
+    llm = PastaLLM(
+        model=model,
+        tokenizer=tiny_tokenizer(),
+        temperature=0,
+        max_tokens=3,
+        timeout=60,
+        stop=[],
+        max_retries=2,
+        api_key="test",
+    )
+    assert llm.max_new_tokens == 3
+    assert llm.invoke(PROMPT) == llm.invoke(PROMPT)
+
+
+def test_seeded_sampling_is_reproducible(model: PreTrainedModel) -> None:
+    llm = PastaLLM(
+        model=model, tokenizer=tiny_tokenizer(), temperature=1.5, seed=3, max_new_tokens=8
+    )
+    first = llm.invoke(emphasized_prompt())
+    assert llm.invoke(emphasized_prompt()) == first
+    assert llm.invoke(emphasized_prompt(), seed=4) != first
