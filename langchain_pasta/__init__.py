@@ -1,4 +1,10 @@
-"""LangChain integration."""
+"""LangChain integration of PASTA attention steering for local HuggingFace causal LMs.
+
+* :class:`ChatPasta` - chat model (chat templates, tools, structured output, agents);
+* :class:`PastaLLM` - text-completion LLM;
+* :class:`EmphasizedPromptTemplate`, :class:`EmphasizedChatPromptTemplate`,
+  :func:`emphasize`, :func:`emphasized_message` - say what to emphasize.
+"""
 
 from langchain_pasta.chat_models import ChatPasta, ChatTemplateError
 from langchain_pasta.llms import PastaLLM
