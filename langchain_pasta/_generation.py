@@ -455,10 +455,6 @@ class PastaEngine:
             return int(embeddings.weight.shape[0])
         return int(self.model.config.get_text_config().vocab_size)
 
-    def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
-        """Number of tokens of ``text``."""
-        return len(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-
     # -- batch ---------------------------------------------------------------------------------
 
     def generate(self, request: GenerationRequest) -> list[GenerationOutput]:
@@ -482,10 +478,10 @@ class PastaEngine:
         """Streams one prompt's completion.
 
         ``model.generate`` runs in a background thread started with
-        ``contextvars.copy_context().run``, so the steering plan (a ContextVar) and any steering
-        the caller has active reach it. The thread is always joined: when the stream ends, when
-        a stop string is hit, and when the consumer stops early or raises (generation is then
-        cancelled at the next token).
+        ``contextvars.copy_context().run``: steering state lives in a ContextVar, so steering the
+        caller has active reaches the thread, and the call's own plan is entered there. The
+        thread is always joined: when the stream ends, when a stop string is hit, and when the
+        consumer stops early or raises (generation is then cancelled at the next token).
 
         Args:
             request: A one-prompt request.
