@@ -205,6 +205,22 @@ if __name__ == "__main__":
 # Profiling and evaluation (logic in pastalib.profiling / pastalib.evaluation).
 
 
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="torch CPU threads (default: torch's). On a shared machine 1 can be much faster: "
+        "busy-waiting threads stall when cores are contended."
+    ),
+]
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def _task_list(tasks: str) -> list[str]:
     from pastalib.tasks import TASKS
 
@@ -245,6 +261,7 @@ def profile(
     ),
     scores: Annotated[Path | None, typer.Option(help="Write the score tables as JSON.")] = None,
     model: ModelOption = "default",
+    threads: ThreadsOption = None,
 ) -> None:
     """Scores every attention head on train tasks and writes a head config (+ heatmap)."""
     import json
@@ -255,6 +272,7 @@ def profile(
     from pastalib.pasta import PASTA
 
     names = _task_list(tasks)
+    _set_threads(threads)
     loaded_model, tokenizer = load(model)
     pasta = PASTA(loaded_model, tokenizer, [0], alpha=alpha)
     examples = profiling.train_examples(names, n, seed)
@@ -324,6 +342,7 @@ def evaluate_command(
         "eval_results.json"
     ),
     model: ModelOption = "default",
+    threads: ThreadsOption = None,
 ) -> None:
     """Runs the task suite unsteered, steered and with the prompt-only baseline."""
     from rich.progress import Progress
@@ -332,6 +351,7 @@ def evaluate_command(
     from pastalib.pasta import PASTA
 
     names = _task_list(tasks)
+    _set_threads(threads)
     loaded_model, tokenizer = load(model)
     scale = default_alpha(head_config, alpha)
     if decode_steps is None:
