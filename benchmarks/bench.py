@@ -618,7 +618,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib import ticker
 
     models = sorted({cell["model"] for cell in results["cells"]})
     figure, axes = plt.subplots(
@@ -653,9 +652,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 )
             ax.axhline(1.0, color="grey", linewidth=0.8)
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
-            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.set_xticks(lengths, [str(length) for length in lengths])
             ax.set_xlabel("prompt length (tokens)")
             ax.set_ylabel(title)
             ax.set_title(f"{model}: {title}")
