@@ -795,7 +795,7 @@ class PastaParams(BaseModel):
 
     @classmethod
     def from_default(cls, **kwargs: Any) -> Self:
-        """The embedded SmolLM2-135M-Instruct with its shipped head config and alpha.
+        """The embedded SmolLM2-135M-Instruct with its shipped head config and settings.
 
         Weights are loaded once per process and shared.
 
@@ -810,10 +810,12 @@ class PastaParams(BaseModel):
         kwargs.setdefault("model_name", DEFAULT_MODEL_ID)
         if DEFAULT_MODEL_ID in shipped_head_configs():
             kwargs.setdefault("head_config", DEFAULT_MODEL_ID)
-            # The alpha the shipped config was chosen with, unless the caller picks one.
-            alpha = head_config_metadata(DEFAULT_MODEL_ID).get("alpha")
-            if isinstance(alpha, (int, float)):
-                kwargs.setdefault("alpha", float(alpha))
+            # The settings the shipped heads were chosen with, unless the caller picks others.
+            metadata = head_config_metadata(DEFAULT_MODEL_ID)
+            if isinstance(metadata.get("alpha"), (int, float)):
+                kwargs.setdefault("alpha", float(metadata["alpha"]))
+            if isinstance(metadata.get("decode_steps"), int):
+                kwargs.setdefault("decode_steps", metadata["decode_steps"])
         return cls.from_model_id(DEFAULT_MODEL_ID, **kwargs)
 
     @property
