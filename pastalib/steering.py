@@ -194,6 +194,8 @@ class SteeringPlan:
 MAX_KEY_SEGMENTS = 8
 # Prefills at least this long use the segmented causal kernel (below, the masked kernel wins).
 SEGMENTED_MIN_QUERIES = 1024
+# The CPU flash kernel that returns the log-sum-exp (a private aten op; absent: no segmenting).
+_HAS_CPU_FLASH = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
 
 _ACTIVE_PLANS: ContextVar[tuple[SteeringPlan, ...]] = ContextVar("pasta_active_plans", default=())
 
@@ -421,6 +423,7 @@ def _prefill_segments(
     q_length = query.shape[2]
     if (
         heads is None
+        or not _HAS_CPU_FLASH
         or attention_mask is not None
         or not is_causal
         or dropout
