@@ -348,13 +348,32 @@ def test_rows_steering_different_heads_equal_separate_runs(backend: str, tokeniz
     start = TEXT.index("json")
     emphasis = pasta.emphasis_mask([[(start, start + 11)]] * len(configs), inputs, offsets)
     with pasta.steer_tokens(emphasis, inputs["attention_mask"], row_head_configs=configs):
-        batched = model.generate(**inputs, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+        batched = model.generate(
+            **inputs,
+            max_new_tokens=3,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
     single, _ = pasta.inputs_from_batch([TEXT])
     for row, config in enumerate(configs):
         with pasta.steer_tokens(emphasis[:1], single["attention_mask"], head_config=config):
-            alone = model.generate(**single, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+            alone = model.generate(
+                **single,
+                max_new_tokens=3,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=0,
+            )
         for step in range(3):
             assert torch.allclose(batched.logits[step][row], alone.logits[step][0], atol=1e-5)
     assert not torch.allclose(batched.logits[0][0], batched.logits[0][3], atol=1e-4)
-    with pytest.raises(SteeringError, match="either head_config or row_head_configs"), pasta.steer_tokens(emphasis, inputs["attention_mask"], head_config=HEADS, row_head_configs=configs):
+    with (
+        pytest.raises(SteeringError, match="either head_config or row_head_configs"),
+        pasta.steer_tokens(
+            emphasis, inputs["attention_mask"], head_config=HEADS, row_head_configs=configs
+        ),
+    ):
         pass

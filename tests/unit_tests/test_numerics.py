@@ -27,7 +27,10 @@ CASES = [(arch, "sdpa") for arch in ARCHITECTURES if arch != "gemma2"] + [
 
 
 def spans_of(texts: list[str], parts: list[str]) -> list[list[tuple[int, int]]]:
-    return [[(text.index(part), text.index(part) + len(part))] for text, part in zip(texts, parts, strict=True)]
+    return [
+        [(text.index(part), text.index(part) + len(part))]
+        for text, part in zip(texts, parts, strict=True)
+    ]
 
 
 def encode(tokenizer, texts):  # type: ignore[no-untyped-def]
