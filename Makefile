@@ -35,8 +35,9 @@ setup: $(STAMP)
 model: setup
 	$(BIN)/pasta prepare
 
+# The built-in example states a new fact, so it uses the config profiled for new-fact prompts.
 demo: model
-	$(BIN)/pasta generate
+	$(BIN)/pasta generate --head-config smollm2-135m-instruct-knowledge
 
 test: model
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

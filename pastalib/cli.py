@@ -53,8 +53,11 @@ ChatOption = Annotated[
 
 def load(model: str, attn_implementation: str = "sdpa") -> tuple[Any, Any]:
     """Loads a model and tokenizer offline (converting a GGUF once)."""
+    from transformers.utils import logging as transformers_logging
+
     from pastalib.models import load_model
 
+    transformers_logging.disable_progress_bar()  # keep the side-by-side output readable
     return load_model(model, attn_implementation=attn_implementation)
 
 
