@@ -768,6 +768,19 @@ class PastaParams(BaseModel):
             resolve_head_config(self.head_config, layers, heads)  # fail at construction
         return self
 
+    async def _generate_in_executor(
+        self, first: Any, stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+    ) -> Any:
+        """Runs the model's sync ``_generate`` in an executor for ``_agenerate``.
+
+        ``run_in_executor`` copies the context, so outer steering state follows the call.
+        """
+        from langchain_core.runnables.config import run_in_executor
+
+        sync_manager = run_manager.get_sync() if run_manager else None
+        generate: Any = self._generate  # type: ignore[attr-defined]
+        return await run_in_executor(None, generate, first, stop, sync_manager, **kwargs)
+
     @classmethod
     def from_model_id(
         cls,

@@ -416,17 +416,7 @@ class ChatPasta(PastaParams, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        from langchain_core.runnables.config import run_in_executor
-
-        # run_in_executor copies the context, so outer steering state follows the call.
-        return await run_in_executor(
-            None,
-            self._generate,
-            messages,
-            stop,
-            run_manager.get_sync() if run_manager else None,
-            **kwargs,
-        )
+        return await self._generate_in_executor(messages, stop, run_manager, kwargs)
 
     def _stream(
         self,
