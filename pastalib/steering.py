@@ -125,15 +125,7 @@ class SteeringPlan:
             return None
         bias = torch.zeros(prompt_batch, kv_length, dtype=dtype, device=device)
         bias[:, : window.shape[1]] = window.to(device=device, dtype=dtype)
-        if batch != prompt_batch:
-            # generate() expands rows for beams and num_return_sequences with repeat_interleave.
-            if batch % prompt_batch:
-                raise SteeringError(
-                    f"The model ran a batch of {batch} rows, but steering was set up for "
-                    f"{prompt_batch} prompts."
-                )
-            bias = bias.repeat_interleave(batch // prompt_batch, dim=0)
-        return bias.view(batch, 1, 1, kv_length)
+        return expand_rows(bias, batch).view(batch, 1, 1, kv_length)
 
     def head_bias(self, heads: torch.Tensor, bias: torch.Tensor, num_heads: int) -> torch.Tensor:
         """``[batch, num_heads, 1, kv]``: the key bias on ``heads``, 0 on the other heads.
@@ -168,7 +160,7 @@ class SteeringPlan:
     ) -> list[tuple[int, int, torch.Tensor | None]] | None:
         total = self.total_length if self.total_length is not None else kv_length
         prompt_batch = self.prompt_bias.shape[0]
-        if total != kv_length or batch % prompt_batch:
+        if total != kv_length:
             return None
         if self._cpu_bias is None:
             self._cpu_bias = self.prompt_bias.cpu()
@@ -184,8 +176,7 @@ class SteeringPlan:
             values = full[:, start]
             bias = None
             if bool(values.any()):
-                bias = values.repeat_interleave(batch // prompt_batch).to(device, dtype)
-                bias = bias.view(batch, 1, 1)
+                bias = expand_rows(values, batch).to(device, dtype).view(batch, 1, 1)
             segments.append((start, end, bias))
         return segments
 
@@ -196,6 +187,23 @@ MAX_KEY_SEGMENTS = 8
 SEGMENTED_MIN_QUERIES = 1024
 # The CPU flash kernel that returns the log-sum-exp (a private aten op; absent: no segmenting).
 _HAS_CPU_FLASH = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+
+
+def expand_rows(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """Repeats per-prompt rows for the ``batch`` rows the model runs.
+
+    ``generate()`` expands each prompt's row for beams and ``num_return_sequences`` with
+    ``repeat_interleave``, so the steering rows follow the same order.
+    """
+    prompts = tensor.shape[0]
+    if batch == prompts:
+        return tensor
+    if batch % prompts:
+        raise SteeringError(
+            f"The model ran a batch of {batch} rows, but steering was set up for {prompts} prompts."
+        )
+    return tensor.repeat_interleave(batch // prompts, dim=0)
+
 
 _ACTIVE_PLANS: ContextVar[tuple[SteeringPlan, ...]] = ContextVar("pasta_active_plans", default=())
 
@@ -233,9 +241,7 @@ def _steering_for(
         return None
     if heads.dtype != torch.bool:
         return plan, heads, bias
-    rows = heads
-    if rows.shape[0] != bias.shape[0]:
-        rows = rows.repeat_interleave(bias.shape[0] // rows.shape[0], dim=0)
+    rows = expand_rows(heads, bias.shape[0])
     return plan, None, bias * rows[:, :, None, None].to(bias.dtype)
 
 
