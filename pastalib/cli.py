@@ -14,7 +14,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from pastalib.heads import count_heads, head_config_metadata, model_dimensions, shipped_head_configs
+from pastalib.heads import (
+    count_heads,
+    head_config_metadata,
+    load_head_config,
+    model_dimensions,
+    resolve_head_config,
+    shipped_head_configs,
+)
 from pastalib.markup import parse_emphasis
 from pastalib.spans import Span
 
@@ -144,8 +151,6 @@ def heads(model: ModelOption = "default") -> None:
     table = Table("name", "heads", "layers", "alpha", "model / tasks")
     for name, path in shipped_head_configs().items():
         metadata = head_config_metadata(path)
-        from pastalib.heads import load_head_config, resolve_head_config
-
         raw = load_head_config(path)
         try:
             config = resolve_head_config(raw, layers, num_heads)
