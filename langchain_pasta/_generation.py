@@ -8,7 +8,7 @@ prompt texts plus their emphasized character spans into steered ``model.generate
   output is cut at the first stop string);
 * streaming with ``TextIteratorStreamer`` from a background thread that is always joined, started
   in a copy of the caller's :mod:`contextvars` context so steering state reaches it;
-* grammar-constrained decoding with llguidance as a ``LogitsProcessor``;
+* grammar-constrained decoding (:class:`pastalib.grammar.GrammarLogitsProcessor`);
 * token usage counts.
 
 :class:`PastaParams` holds the configuration fields both LangChain models share, so the two
@@ -23,16 +23,14 @@ import contextvars
 import copy
 import functools
 import threading
-import weakref
 from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from transformers import (
-    LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -42,6 +40,7 @@ from transformers import (
 )
 from typing_extensions import Self
 
+from pastalib.grammar import GrammarLogitsProcessor, eos_token_ids
 from pastalib.heads import (
     HeadConfigSpec,
     head_config_metadata,
@@ -52,9 +51,6 @@ from pastalib.heads import (
 from pastalib.pasta import PASTA
 from pastalib.spans import Span, SpanError
 from pastalib.steering import ScalePosition
-
-if TYPE_CHECKING:
-    import llguidance
 
 __all__ = [
     "GenerationOutput",
@@ -70,13 +66,6 @@ __all__ = [
 ]
 
 FinishReason = Literal["stop", "length"]
-
-# Compact JSON: a small model must not be able to wander off into endless whitespace.
-JSON_GRAMMAR_OPTIONS: dict[str, Any] = {
-    "whitespace_flexible": False,
-    "item_separator": ", ",
-    "key_separator": ": ",
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,79 +317,6 @@ class _TextStop(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
-_LL_TOKENIZERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-_LL_LOCK = threading.Lock()
-
-
-def _ll_tokenizer(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> llguidance.LLTokenizer:
-    """The llguidance view of a tokenizer; built once (~1 s for large vocabularies)."""
-    import llguidance.hf
-
-    with _LL_LOCK:
-        cached = _LL_TOKENIZERS.get(tokenizer)
-        if cached is None or cached[0] != vocab_size:
-            built = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)  # type: ignore[arg-type]
-            cached = _LL_TOKENIZERS[tokenizer] = (vocab_size, built)
-        return cached[1]
-
-
-def check_grammar(grammar: str, tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> None:
-    """Raises ``ValueError`` with llguidance's message if the grammar does not compile."""
-    import llguidance
-
-    matcher = llguidance.LLMatcher(_ll_tokenizer(tokenizer, vocab_size), grammar, log_level=0)
-    if matcher.is_error():
-        raise ValueError(f"Invalid output grammar: {matcher.get_error()}")
-
-
-class _GrammarProcessor(LogitsProcessor):
-    """Masks every token that would break the grammar (one llguidance matcher per row)."""
-
-    def __init__(
-        self,
-        grammar: str,
-        tokenizer: PreTrainedTokenizerBase,
-        vocab_size: int,
-        batch: int,
-        prompt_length: int,
-        eos_ids: set[int],
-    ) -> None:
-        import llguidance
-        import llguidance.torch
-
-        ll_tokenizer = _ll_tokenizer(tokenizer, vocab_size)
-        self.matchers = [
-            llguidance.LLMatcher(ll_tokenizer, grammar, log_level=0) for _ in range(batch)
-        ]
-        if self.matchers and self.matchers[0].is_error():
-            raise ValueError(f"Invalid output grammar: {self.matchers[0].get_error()}")
-        self.fill = llguidance.torch.fill_next_token_bitmask
-        self.bitmask = llguidance.torch.allocate_token_bitmask(batch, vocab_size)
-        self.prompt_length = prompt_length
-        self.eos_ids = eos_ids
-        self.done = [False] * batch
-        self.bits = torch.arange(32, dtype=torch.int32)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if input_ids.shape[1] > self.prompt_length:
-            for row, matcher in enumerate(self.matchers):
-                if self.done[row]:
-                    continue
-                token = int(input_ids[row, -1])
-                # A finished row (EOS, or a stop string followed by padding) feeds no more tokens.
-                if token in self.eos_ids or not matcher.consume_token(token):
-                    self.done[row] = True
-        for row, matcher in enumerate(self.matchers):
-            if self.done[row]:
-                self.bitmask[row].fill_(-1)  # whatever comes is replaced by padding
-            else:
-                self.fill(matcher, self.bitmask, row)
-        vocab = scores.shape[-1]
-        allowed = ((self.bitmask.unsqueeze(-1) >> self.bits) & 1).bool()
-        allowed = allowed.view(allowed.shape[0], -1)[:, :vocab].to(scores.device)
-        return scores.masked_fill(~allowed, float("-inf"))  # type: ignore[return-value]
-
-
 # --------------------------------------------------------------------------------------------
 # The engine
 # --------------------------------------------------------------------------------------------
@@ -446,14 +362,6 @@ class PastaEngine:
         )
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-
-    @property
-    def vocab_size(self) -> int:
-        """Width of the model's logits (may exceed the tokenizer's vocabulary)."""
-        embeddings = self.model.get_output_embeddings()
-        if embeddings is not None and hasattr(embeddings, "weight"):
-            return int(embeddings.weight.shape[0])
-        return int(self.model.config.get_text_config().vocab_size)
 
     # -- batch ---------------------------------------------------------------------------------
 
@@ -569,17 +477,6 @@ class PastaEngine:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        configured = self.model.generation_config.eos_token_id
-        if isinstance(configured, int):
-            ids.add(configured)
-        elif configured is not None:
-            ids.update(int(i) for i in configured)
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(int(self.tokenizer.eos_token_id))
-        return ids
-
     def _prepare(self, request: GenerationRequest, cancel: threading.Event) -> _Prepared:
         tokenizer = self.tokenizer
         if not tokenizer.is_fast:
@@ -613,13 +510,11 @@ class PastaEngine:
             config.top_k = sampling.top_k
         else:  # unset, so transformers does not warn about unused sampling options
             config.temperature = config.top_p = config.top_k = None
-        eos_ids = self._eos_ids()
+        eos_ids = eos_token_ids(self.model, tokenizer)
         processors = LogitsProcessorList()
         if request.grammar is not None:
             processors.append(
-                _GrammarProcessor(
-                    request.grammar, tokenizer, self.vocab_size, batch, prompt_length, eos_ids
-                )
+                GrammarLogitsProcessor(request.grammar, self.model, tokenizer, batch, prompt_length)
             )
         stop = _TextStop(tokenizer, request.stop, prompt_length, batch, cancel)
         return _Prepared(request, inputs, offsets, config, stop, processors, eos_ids)

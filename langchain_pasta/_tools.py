@@ -33,14 +33,13 @@ from typing import Any
 from langchain_core.messages import InvalidToolCall, ToolCall
 from langchain_core.messages.tool import invalid_tool_call, tool_call
 
-from langchain_pasta._generation import JSON_GRAMMAR_OPTIONS
+from pastalib.grammar import constrained_schema
 from pastalib.markup import parse_emphasis
 from pastalib.spans import Span, normalize_spans
 
 __all__ = [
     "TOOL_CALL_CLOSE",
     "TOOL_CALL_OPEN",
-    "json_schema_grammar",
     "parse_tool_calls",
     "render_tool_calls",
     "render_tool_response",
@@ -207,44 +206,6 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidToolCa
     return content, calls, invalid
 
 
-def strict_schema(schema: Any) -> Any:
-    """A copy of a JSON schema whose objects allow no properties beyond the declared ones.
-
-    Constrained decoding follows the schema literally; without this a small model may invent
-    extra keys wherever ``additionalProperties`` is left open. Objects that declare no
-    ``properties`` (free-form objects) are left open.
-    """
-    if isinstance(schema, list):
-        return [strict_schema(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(
-            value, dict
-        ):
-            # Name -> schema maps: recurse into the schemas, never treat the map as a schema.
-            out[key] = {name: strict_schema(sub) for name, sub in value.items()}
-        else:
-            out[key] = strict_schema(value)
-    if isinstance(out.get("properties"), dict) and "additionalProperties" not in out:
-        out["additionalProperties"] = False
-    return out
-
-
-def _with_options(schema: Mapping[str, Any]) -> dict[str, Any]:
-    return {**strict_schema(dict(schema)), "x-guidance": JSON_GRAMMAR_OPTIONS}
-
-
-def json_schema_grammar(schema: Mapping[str, Any] | None) -> str:
-    """An llguidance grammar for one JSON value matching ``schema`` (any object if None)."""
-    import llguidance
-
-    return llguidance.LLMatcher.grammar_from_json_schema(
-        _with_options(schema or {"type": "object"})
-    )
-
-
 def tool_call_grammar(specs: Sequence[Mapping[str, Any]]) -> str:
     """An llguidance grammar for exactly one ``<tool_call>`` block calling one of ``specs``."""
     import llguidance
@@ -262,5 +223,6 @@ def tool_call_grammar(specs: Sequence[Mapping[str, Any]]) -> str:
         )
     schema = options[0] if len(options) == 1 else {"anyOf": options}
     opening, closing = json.dumps(TOOL_CALL_OPEN + "\n"), json.dumps("\n" + TOOL_CALL_CLOSE)
-    lark = f"start: {opening} call {closing}\ncall: %json {json.dumps(_with_options(schema))}\n"
+    call = json.dumps(constrained_schema(schema))
+    lark = f"start: {opening} call {closing}\ncall: %json {call}\n"
     return llguidance.LLMatcher.grammar_from_lark(lark)

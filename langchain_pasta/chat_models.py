@@ -39,7 +39,6 @@ from typing_extensions import override
 from langchain_pasta._generation import GenerationOutput, GenerationRequest, PastaParams, StopBuffer
 from langchain_pasta._tools import (
     TOOL_CALL_OPEN,
-    json_schema_grammar,
     parse_tool_calls,
     render_tool_calls,
     render_tool_response,
@@ -49,6 +48,7 @@ from langchain_pasta._tools import (
 )
 from langchain_pasta.prompts import message_spans
 from pastalib.chat import ChatTemplateError, render_chat
+from pastalib.grammar import json_schema_grammar
 from pastalib.markup import MarkupError, parse_emphasis
 from pastalib.spans import Span, normalize_spans
 

@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from pastalib.heads import HeadConfigSpec
 from pastalib.pasta import PASTA
 from pastalib.spans import Span
-from pastalib.tasks import TaskExample, generate, prompt_only_baseline, score
+from pastalib.tasks import OUTPUT_SCHEMAS, TaskExample, generate, prompt_only_baseline, score
 
 METRICS: tuple[str, ...] = ("lenient_ok", "strict_ok", "lenient", "strict", "degenerate")
 """Rates reported per task and condition; the first is the headline."""
@@ -42,6 +42,8 @@ class Condition:
         head_config: Heads to steer (None: the steerer's own).
         alpha: Scaling (None: the steerer's own).
         decode_steps: Steer the prefill and this many decode steps (None: all).
+        grammar: Constrain the output to the task's JSON schema
+            (:data:`pastalib.tasks.OUTPUT_SCHEMAS`); only for tasks that have one.
     """
 
     name: str
@@ -50,6 +52,7 @@ class Condition:
     head_config: HeadConfigSpec | None = None
     alpha: float | None = None
     decode_steps: int | None = None
+    grammar: bool = False
 
 
 def standard_conditions(
@@ -88,7 +91,13 @@ def run_condition(
     chat: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Generates one output per example under ``condition`` (greedy, batched)."""
+    """Generates one output per example under ``condition`` (greedy, batched).
+
+    Raises:
+        ValueError: ``condition.grammar`` for a task without an output schema, or for
+            examples of several tasks.
+    """
+    grammar = _task_grammar({example.task for example in examples}) if condition.grammar else None
     outputs: list[str] = []
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
@@ -107,11 +116,27 @@ def run_condition(
                 alpha=condition.alpha,
                 head_config=condition.head_config,
                 decode_steps=condition.decode_steps,
+                grammar=grammar,
             )
         )
         if progress is not None:
             progress(len(batch))
     return outputs
+
+
+def _task_grammar(tasks: set[str]) -> str:
+    """The llguidance grammar of the one task in ``tasks`` (see ``Condition.grammar``)."""
+    from pastalib.grammar import json_schema_grammar
+
+    if len(tasks) != 1:
+        raise ValueError(f"A grammar condition runs one task at a time, got {sorted(tasks)}.")
+    (task,) = tasks
+    if task not in OUTPUT_SCHEMAS:
+        raise ValueError(
+            f"Task {task!r} has no output schema to constrain; grammar conditions support "
+            f"{', '.join(OUTPUT_SCHEMAS)}."
+        )
+    return json_schema_grammar(OUTPUT_SCHEMAS[task])
 
 
 def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:

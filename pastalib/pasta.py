@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    BatchEncoding,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from pastalib.heads import (
     HeadConfig,
@@ -224,14 +229,27 @@ class PASTA:
         scale_position: ScalePosition | None = None,
         head_config: HeadConfigSpec | None = None,
         decode_steps: int | None = None,
+        grammar: str | None = None,
         **generate_kwargs: Any,
     ) -> list[str]:
         """Generates a completion per text, steered toward ``spans`` (None: unsteered).
 
         Greedy unless ``generate_kwargs`` say otherwise; returns only the new text of each row.
+        ``grammar`` (an llguidance grammar, see :mod:`pastalib.grammar`) constrains every row's
+        output.
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
         inputs, offsets = self.inputs_from_batch(texts)
+        if grammar is not None:
+            from pastalib.grammar import GrammarLogitsProcessor
+
+            batch, prompt_length = inputs["input_ids"].shape
+            processor = GrammarLogitsProcessor(
+                grammar, self.model, self.tokenizer, batch, prompt_length
+            )
+            generate_kwargs["logits_processor"] = LogitsProcessorList(
+                [*generate_kwargs.get("logits_processor", []), processor]
+            )
         settings: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
             "do_sample": False,

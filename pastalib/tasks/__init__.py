@@ -8,6 +8,7 @@ metrics. See :mod:`pastalib.tasks.data` and :mod:`pastalib.tasks.metrics`.
 from pastalib.tasks.data import (
     FORMAT_KINDS,
     KC_RELATIONS,
+    OUTPUT_SCHEMAS,
     SPLITS,
     TASKS,
     Split,
@@ -22,6 +23,7 @@ from pastalib.tasks.metrics import Score, is_degenerate, score
 __all__ = [
     "FORMAT_KINDS",
     "KC_RELATIONS",
+    "OUTPUT_SCHEMAS",
     "SPLITS",
     "TASKS",
     "Score",

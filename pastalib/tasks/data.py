@@ -44,6 +44,17 @@ FORMAT_KINDS: tuple[str, ...] = (
 KC_RELATIONS: tuple[str, ...] = tuple(words.KC_FACTS)
 """Sub-kinds (relations) of ``knowledge_conflict``."""
 
+OUTPUT_SCHEMAS: dict[str, dict[str, object]] = {
+    "json_format": {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "occupation": {"type": "string"}},
+        "required": ["name", "occupation"],
+    },
+}
+"""JSON schemas for grammar-constrained evaluation, for the tasks whose answer has a format.
+
+With the format forced, the task's strict check measures content alone (the occupation)."""
+
 
 @dataclass(frozen=True)
 class TaskExample:

@@ -35,7 +35,8 @@ from langchain_pasta import (
     EmphasizedChatPromptTemplate,
     emphasized_message,
 )
-from langchain_pasta._tools import parse_tool_calls, strict_schema
+from langchain_pasta._tools import parse_tool_calls
+from pastalib.grammar import strict_schema
 from pastalib.spans import SpanError
 from tests.tiny import tiny_model, tiny_tokenizer
 from tests.unit_tests.test_llms import (

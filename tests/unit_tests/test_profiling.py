@@ -251,6 +251,24 @@ def test_evaluate_structure(pasta: PASTA) -> None:
         evaluation.evaluate(pasta, tasks, [evaluation.Condition("x"), evaluation.Condition("x")])
 
 
+def test_grammar_condition_forces_the_task_schema(pasta: PASTA) -> None:
+    examples = generate("json_format", "test", 2)
+    free = evaluation.Condition("free", steer=True)
+    forced = evaluation.Condition("forced", steer=True, grammar=True)
+    outputs = evaluation.run_condition(pasta, examples, forced, max_new_tokens=12)
+    # The random model writes no JSON by itself; under the grammar every row opens the object
+    # with the schema's first key in the compact layout.
+    assert all(output.startswith('{"name": "') for output in outputs)
+    assert not any(
+        out.startswith("{")
+        for out in evaluation.run_condition(pasta, examples, free, max_new_tokens=12)
+    )
+    with pytest.raises(ValueError, match="no output schema"):
+        evaluation.run_condition(pasta, generate("knowledge_conflict", "test", 1), forced)
+    with pytest.raises(ValueError, match="one task at a time"):
+        evaluation.run_condition(pasta, [*examples, *generate("pronoun_change", "test", 1)], forced)
+
+
 def test_summarize_counts() -> None:
     rows = [
         {
