@@ -349,6 +349,14 @@ def evaluate_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="JSON results file.")] = Path(
         "eval_results.json"
     ),
+    grammar: Annotated[
+        bool,
+        typer.Option(
+            "--grammar",
+            help="Also run the tasks that have an output schema (json_format) unsteered and "
+            "steered under grammar-constrained decoding.",
+        ),
+    ] = False,
     model: ModelOption = "default",
     threads: ThreadsOption = None,
 ) -> None:
@@ -357,8 +365,15 @@ def evaluate_command(
 
     from pastalib import evaluation
     from pastalib.pasta import PASTA
+    from pastalib.tasks import OUTPUT_SCHEMAS
 
     names = _task_list(tasks)
+    grammar_tasks = [name for name in names if name in OUTPUT_SCHEMAS] if grammar else []
+    if grammar and not grammar_tasks:
+        raise typer.BadParameter(
+            f"--grammar needs a task with an output schema ({', '.join(OUTPUT_SCHEMAS)}).",
+            param_hint="--tasks",
+        )
     _set_threads(threads)
     loaded_model, tokenizer = load(model)
     scale = default_alpha(head_config, alpha)
@@ -369,22 +384,33 @@ def evaluate_command(
             decode_steps = None
     pasta = PASTA(loaded_model, tokenizer, head_config, alpha=scale)
     conditions = evaluation.standard_conditions(decode_steps=decode_steps)
+    grammar_runs = evaluation.grammar_conditions(decode_steps=decode_steps)
+    total = len(names) * len(conditions) + len(grammar_tasks) * len(grammar_runs)
+    settings: dict[str, Any] = {
+        "split": split,
+        "limit": limit,
+        "seed": seed,
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+    }
     with Progress(console=console) as bar:
-        job = bar.add_task("generating", total=len(names) * limit * len(conditions))
+        job = bar.add_task("generating", total=total * limit)
         results = evaluation.evaluate(
-            pasta,
-            names,
-            conditions,
-            split=split,
-            limit=limit,
-            seed=seed,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            progress=lambda done: bar.advance(job, done),
+            pasta, names, conditions, progress=lambda done: bar.advance(job, done), **settings
         )
+        if grammar_tasks:
+            results["grammar"] = evaluation.evaluate(
+                pasta,
+                grammar_tasks,
+                grammar_runs,
+                progress=lambda done: bar.advance(job, done),
+                **settings,
+            )
     results["settings"]["head_config"] = head_config
-    console.print(evaluation.results_table(results, "lenient_ok"))
-    console.print(evaluation.results_table(results, "strict_ok"))
+    for section in (results, results.get("grammar")):
+        if section is not None:
+            console.print(evaluation.results_table(section, "lenient_ok"))
+            console.print(evaluation.results_table(section, "strict_ok"))
     if out is not None:
         evaluation.write_results(results, out)
         console.print(f"Wrote {out}")

@@ -70,6 +70,25 @@ def standard_conditions(
     ]
 
 
+def grammar_conditions(
+    head_config: HeadConfigSpec | None = None,
+    alpha: float | None = None,
+    decode_steps: int | None = None,
+) -> list[Condition]:
+    """Unsteered and steered, both constrained to the task's output schema."""
+    return [
+        Condition("unsteered+grammar", grammar=True),
+        Condition(
+            "steered+grammar",
+            steer=True,
+            grammar=True,
+            head_config=head_config,
+            alpha=alpha,
+            decode_steps=decode_steps,
+        ),
+    ]
+
+
 def render_prompt(
     tokenizer: PreTrainedTokenizerBase, content: str, spans: Sequence[Span], chat: bool = True
 ) -> tuple[str, list[Span]]:

@@ -355,11 +355,12 @@ def test_cli_profile_and_eval(tmp_path: Path, tiny_dir: Path) -> None:
             "--head-config",
             str(out),
             "--tasks",
-            "knowledge_conflict",
+            "knowledge_conflict,json_format",
             "--limit",
             "2",
             "--max-new-tokens",
             "3",
+            "--grammar",
             "--out",
             str(results_path),
         ],
@@ -367,8 +368,16 @@ def test_cli_profile_and_eval(tmp_path: Path, tiny_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     results = json.loads(results_path.read_text())
     assert results["tasks"]["knowledge_conflict"]["steered"]["n"] == 2
+    # --grammar adds constrained runs of the one task with an output schema.
+    assert list(results["grammar"]["tasks"]) == ["json_format"]
+    grammar_outputs = [row["output"] for row in results["grammar"]["examples"]]
+    assert len(grammar_outputs) == 4 and all(out.startswith('{"') for out in grammar_outputs)
     assert results["settings"]["alpha"] == document["alpha"]
     assert "lenient_ok" in result.output
 
     bad = runner.invoke(app, ["eval", "--model", str(tiny_dir), "--tasks", "nope"])
     assert bad.exit_code != 0
+    no_schema = runner.invoke(
+        app, ["eval", "--model", str(tiny_dir), "--tasks", "knowledge_conflict", "--grammar"]
+    )
+    assert no_schema.exit_code != 0 and "output schema" in no_schema.output
