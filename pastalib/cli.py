@@ -251,6 +251,10 @@ def profile(
     ] = 8,
     selection: Annotated[str, typer.Option(help="intersection, union or mean.")] = "union",
     alpha: Annotated[float, typer.Option(help="Attention scale used while profiling.")] = 0.1,
+    steer_alpha: Annotated[
+        float | None,
+        typer.Option(help="Recommended alpha stored in the config (default: --alpha)."),
+    ] = None,
     decode_steps: Annotated[
         int | None, typer.Option(help="Recommended decode_steps stored in the config.")
     ] = None,
@@ -280,6 +284,8 @@ def profile(
     from pastalib.pasta import PASTA
 
     names = _task_list(tasks)
+    if steer_alpha is not None and not steer_alpha > 0:
+        raise typer.BadParameter(f"must be > 0, got {steer_alpha}.", param_hint="--steer-alpha")
     _set_threads(threads)
     loaded_model, tokenizer = load(model)
     pasta = PASTA(loaded_model, tokenizer, [0], alpha=alpha)
@@ -308,7 +314,7 @@ def profile(
         config,
         model_id=str(getattr(loaded_model.config, "_name_or_path", model)) or model,
         tasks=names,
-        alpha=alpha,
+        alpha=alpha if steer_alpha is None else steer_alpha,
         k=k,
         per_task_k=per_task_k,
         selection=selection,
@@ -317,7 +323,7 @@ def profile(
         num_layers=result.num_layers,
         num_heads=result.num_heads,
         decode_steps=decode_steps,
-        extra={"profile_seconds": round(result.seconds, 1)},
+        extra={"profile_alpha": alpha, "profile_seconds": round(result.seconds, 1)},
     )
     profiling.write_head_config(out, document)
     if heatmap is not None:

@@ -327,6 +327,8 @@ def test_cli_profile_and_eval(tmp_path: Path, tiny_dir: Path) -> None:
             "3",
             "--selection",
             "union",
+            "--steer-alpha",
+            "0.3",
             "--out",
             str(out),
             "--heatmap",
@@ -339,6 +341,8 @@ def test_cli_profile_and_eval(tmp_path: Path, tiny_dir: Path) -> None:
     document = json.loads(out.read_text())
     assert document["tasks"] == ["knowledge_conflict", "json_format"]
     assert document["selection"] == "union" and document["k"] == 3
+    # Profiled at the default alpha, recommended at --steer-alpha.
+    assert document["profile_alpha"] == 0.1 and document["alpha"] == 0.3
     assert heat.is_file() and cache.is_file()
     assert sum(len(h) for h in document["head_config"].values()) <= 3
     if not document["head_config"]:  # nothing helped on this random model: steer one head
@@ -377,6 +381,8 @@ def test_cli_profile_and_eval(tmp_path: Path, tiny_dir: Path) -> None:
 
     bad = runner.invoke(app, ["eval", "--model", str(tiny_dir), "--tasks", "nope"])
     assert bad.exit_code != 0
+    bad_alpha = runner.invoke(app, ["profile", "--model", str(tiny_dir), "--steer-alpha", "0"])
+    assert bad_alpha.exit_code != 0 and "--steer-alpha" in bad_alpha.output
     no_schema = runner.invoke(
         app, ["eval", "--model", str(tiny_dir), "--tasks", "knowledge_conflict", "--grammar"]
     )
