@@ -349,6 +349,10 @@ def evaluate_command(
     ),
     limit: Annotated[int, typer.Option(min=1, help="Examples per task.")] = 32,
     split: Annotated[str, typer.Option(help="'test' (report) or 'train' (tune).")] = "test",
+    skip: Annotated[
+        int,
+        typer.Option(min=0, help="Skip this many examples per task (e.g. the profiled ones)."),
+    ] = 0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 40,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     seed: int = 0,
@@ -396,6 +400,7 @@ def evaluate_command(
         "split": split,
         "limit": limit,
         "seed": seed,
+        "skip": skip,
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
     }

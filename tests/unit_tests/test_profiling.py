@@ -365,6 +365,8 @@ def test_cli_profile_and_eval(tmp_path: Path, tiny_dir: Path) -> None:
             "--max-new-tokens",
             "3",
             "--grammar",
+            "--skip",
+            "1",
             "--out",
             str(results_path),
         ],
@@ -372,6 +374,7 @@ def test_cli_profile_and_eval(tmp_path: Path, tiny_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     results = json.loads(results_path.read_text())
     assert results["tasks"]["knowledge_conflict"]["steered"]["n"] == 2
+    assert results["examples"][0]["uid"] == "knowledge_conflict:test:0:1"  # --skip 1
     # --grammar adds constrained runs of the one task with an output schema.
     assert list(results["grammar"]["tasks"]) == ["json_format"]
     grammar_outputs = [row["output"] for row in results["grammar"]["examples"]]
