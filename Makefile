@@ -35,9 +35,9 @@ setup: $(STAMP)
 model: setup
 	$(BIN)/pasta prepare
 
-# The built-in example states a new fact, so it uses the config profiled for new-fact prompts.
+# The built-in example: one prompt, steered and unsteered side by side (the default head config).
 demo: model
-	$(BIN)/pasta generate --head-config smollm2-135m-instruct-knowledge
+	$(BIN)/pasta generate
 
 test: model
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

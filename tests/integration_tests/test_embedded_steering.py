@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from pastalib import PASTA
 from pastalib.chat import ChatTemplateError, render_chat
 from pastalib.cli import EXAMPLE, app
+from pastalib.heads import head_config_metadata
 from pastalib.markup import parse_emphasis
 
 pytestmark = pytest.mark.integration
@@ -20,7 +21,7 @@ HEADS = "smollm2-135m-instruct"
 @pytest.fixture(scope="module")
 def pasta(default_model):  # type: ignore[no-untyped-def]
     model, tokenizer = default_model
-    return PASTA(model, tokenizer, HEADS, alpha=0.1)
+    return PASTA(model, tokenizer, HEADS, alpha=head_config_metadata(HEADS)["alpha"])
 
 
 def test_chat_template_span_mapping_is_exact(pasta) -> None:  # type: ignore[no-untyped-def]
@@ -67,7 +68,8 @@ def test_emphasis_changes_the_answer(pasta) -> None:  # type: ignore[no-untyped-
     text, rendered = render_chat(pasta.tokenizer, [{"role": "user", "content": plain}], [spans])
     unsteered = pasta.generate([text], None, max_new_tokens=16)[0]
     steered = pasta.generate([text], [rendered], max_new_tokens=16)[0]
-    assert steered != unsteered
+    # Unsteered, the model keeps the first fact it read; steered, the emphasized new one.
+    assert "chef" in unsteered.lower() and "chef" not in steered.lower()
     assert "pilot" in steered.lower()
 
 

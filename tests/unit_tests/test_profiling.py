@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from pastalib import PASTA, evaluation, profiling
 from pastalib.heads import head_config_metadata, load_head_config, resolve_head_config
-from pastalib.tasks import generate
+from pastalib.tasks import TASKS, generate
 from tests.tiny import tiny_model
 
 # Hand-written score tables: task -> {(layer, head): score}.
@@ -99,16 +99,14 @@ def test_config_document_round_trip(tmp_path: Path, pasta: PASTA) -> None:
     assert "head_config" not in metadata and len(metadata["date"]) == 10
 
 
-def test_shipped_default_config_is_profiled() -> None:
+def test_shipped_default_config_records_how_it_was_chosen() -> None:
     metadata = head_config_metadata("smollm2-135m-instruct")
     config = resolve_head_config("smollm2-135m-instruct", 30, 9)
     assert config and not metadata.get("provisional", False)
-    assert metadata["scoring"] and metadata["tasks"] and metadata["library_version"]
-    assert metadata["alpha"] == 0.1 and "decode_steps" in metadata
-    knowledge = resolve_head_config("smollm2-135m-instruct-knowledge", 30, 9)
-    assert knowledge and head_config_metadata("smollm2-135m-instruct-knowledge")["tasks"] == [
-        "knowledge_conflict"
-    ]
+    assert sum(len(heads) for heads in config.values()) == metadata["k"]
+    assert metadata["tasks"] == list(TASKS) and metadata["data"]["split"] == "train"
+    assert metadata["scoring"] and metadata["chosen_on"] and metadata["library_version"]
+    assert 0 < metadata["alpha"] < 1 and "decode_steps" in metadata
 
 
 # --- scores ----------------------------------------------------------------------------------
