@@ -291,8 +291,11 @@ def results_table(results: Mapping[str, Any], metric: str = "lenient_ok") -> Any
     from rich.table import Table
 
     names = [condition["name"] for condition in results["settings"]["conditions"]]
-    table = Table(title=f"{metric} (degeneration-aware), {results['settings']['split']} split")
-    table.add_column("task")
+    table = Table(
+        title=f"{metric} (degeneration-aware), {results['settings']['split']} split; "
+        "loop rate in brackets"
+    )
+    table.add_column("task", no_wrap=True)
     table.add_column("n", justify="right")
     for name in names:
         table.add_column(name, justify="right")
@@ -303,7 +306,7 @@ def results_table(results: Mapping[str, Any], metric: str = "lenient_ok") -> Any
             task,
             str(int(first["n"])),
             *(
-                f"{by_condition[name][metric]:.2f} (loops {by_condition[name]['degenerate']:.2f})"
+                f"{by_condition[name][metric]:.2f} ({by_condition[name]['degenerate']:.2f})"
                 for name in names
             ),
         )
