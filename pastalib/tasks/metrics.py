@@ -335,12 +335,15 @@ def _cased(text: str, upper: bool) -> bool:
 
 def _starts(text: str, phrase: str) -> bool:
     # The phrase must end on a word boundary: "In shorter" does not start with "In short".
-    return text.startswith(phrase) and not text[len(phrase) : len(phrase) + 1].isalnum()
+    # Something must follow it: the phrase alone answers nothing.
+    rest = text[len(phrase) :]
+    return text.startswith(phrase) and not rest[:1].isalnum() and bool(_words(rest))
 
 
 def _ends(text: str, phrase: str) -> bool:
     cut = len(text) - len(phrase)
-    return text.endswith(phrase) and (cut == 0 or not text[cut - 1].isalnum())
+    rest = text[:cut]
+    return text.endswith(phrase) and not rest[-1:].isalnum() and bool(_words(rest))
 
 
 def _quoted(text: str, opening: str, closing: str) -> bool:
@@ -357,7 +360,8 @@ def format_strict(output: str, kind: str, constraint: str | int | None) -> bool:
     * ``word_limit``: between 1 and ``constraint`` words (runs of letters/digits, inner
       apostrophes and hyphens kept).
     * ``starts_with`` / ``ends_with``: the output starts / ends with the phrase exactly
-      (case and punctuation included), on a word boundary.
+      (case and punctuation included), on a word boundary, and has at least one word
+      besides it (the phrase alone is no answer).
     * ``quoted``: the first and last characters are straight double quotes around
       non-blank text.
     * ``no_commas``: at least one word and no comma (ASCII or full-width).
@@ -397,7 +401,7 @@ def format_lenient(output: str, kind: str, constraint: str | int | None) -> bool
     * ``starts_with`` / ``ends_with``: compared case-insensitively, with whitespace collapsed
       and punctuation, quotes and Markdown markers stripped from both ends of output and
       phrase ("**in short:** ..." starts with "In short"; "... that is all!" ends with
-      "That is all."); still on a word boundary.
+      "That is all."); still on a word boundary and with a word besides the phrase.
     * ``quoted``: the whole stripped output, after dropping sentence punctuation that
       follows the closing quote, is wrapped in straight or curly double quotes.
 

@@ -298,6 +298,11 @@ def test_knowledge_conflict_metrics(output: str, strict: bool, lenient: bool) ->
         ("ends_with", "That is all.", "Tobin is a welder. that is all!\n", False, True),
         ("ends_with", "That is all.", "Tobin is a welder. That is all. Bye.", False, False),
         ("ends_with", "That is all.", "So What is all.", False, False),
+        # The phrase alone answers nothing, however it is dressed.
+        ("ends_with", "That is all.", "That is all.", False, False),
+        ("ends_with", "That is all.", "  **That is all.**  ", False, False),
+        ("starts_with", "In short", "In short", False, False),
+        ("starts_with", "In short", "In short, ...", False, False),
         ("quoted", None, '"Tobin is a welder."', True, True),
         ("quoted", None, '"Tobin is a welder".', False, True),
         ("quoted", None, "“Tobin is a welder.”", False, True),
