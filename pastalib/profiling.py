@@ -174,7 +174,6 @@ class HeadScorer:
         self.layers = decoder_layers(pasta.model)
         self.on_batch: Callable[[list[Head], dict[Head, tuple[float, float]]], None] | None = None
 
-    @torch.no_grad()
     def score_heads(
         self, example: PreparedExample, heads: Sequence[Head]
     ) -> dict[Head, tuple[float, float]]:
@@ -182,6 +181,30 @@ class HeadScorer:
 
         The unsteered baseline is the same computation without steering, so that numerical
         noise cancels.
+        """
+        results: dict[Head, tuple[float, float]] = {}
+
+        def checkpoint(start: int, scores: list[tuple[float, float]]) -> None:
+            chunk = list(heads[start : len(scores)])
+            results.update(zip(chunk, scores[start:], strict=True))
+            if self.on_batch is not None:
+                self.on_batch(chunk, results)
+
+        self.score_head_sets(example, [{layer: [head]} for layer, head in heads], checkpoint)
+        return results
+
+    @torch.no_grad()
+    def score_head_sets(
+        self,
+        example: PreparedExample,
+        head_sets: Sequence[HeadConfig],
+        on_chunk: Callable[[int, list[tuple[float, float]]], None] | None = None,
+    ) -> list[tuple[float, float]]:
+        """Returns ``(gain, repeat_gain)`` for each head set steered on its own.
+
+        Each set (one head, or e.g. every head of a block of layers) is one batch row, up to
+        ``batch_size`` rows per forward pass. ``on_chunk(first_index, scores_so_far)`` is
+        called after each forward pass.
         """
         model = self.pasta.model
         device = model.device
@@ -229,20 +252,18 @@ class HeadScorer:
             return _token_logprobs(logits, labels[None].expand(rows, -1))
 
         base = run(None, 1)[0]
-        results: dict[Head, tuple[float, float]] = {}
-        for start in range(0, len(heads), self.batch_size):
-            chunk = list(heads[start : start + self.batch_size])
-            steered = run([{layer: [head]} for layer, head in chunk], len(chunk))
-            delta = steered - base[None]
+        results: list[tuple[float, float]] = []
+        for start in range(0, len(head_sets), self.batch_size):
+            chunk = list(head_sets[start : start + self.batch_size])
+            delta = run(chunk, len(chunk)) - base[None]
             gain = delta[:, :n_target].mean(dim=1)
             if n_total > n_target:
                 repeat = delta[:, n_target:].mean(dim=1)
             else:
                 repeat = torch.zeros_like(gain)
-            for index, head in enumerate(chunk):
-                results[head] = (float(gain[index]), float(repeat[index]))
-            if self.on_batch is not None:
-                self.on_batch(chunk, results)
+            results += [(float(g), float(r)) for g, r in zip(gain, repeat, strict=True)]
+            if on_chunk is not None:
+                on_chunk(start, results)
         return results
 
 

@@ -112,8 +112,12 @@ def test_shipped_default_config_records_how_it_was_chosen() -> None:
 # --- scores ----------------------------------------------------------------------------------
 
 
-def _manual_full_gain(pasta: PASTA, prepared: profiling.PreparedExample, head: Any) -> float:
-    """Δ mean log-likelihood of the answer, computed with the public steering API."""
+def _manual_full_gain(pasta: PASTA, prepared: profiling.PreparedExample, heads: Any) -> float:
+    """Δ mean log-likelihood of the answer, computed with the public steering API.
+
+    ``heads`` is one ``(layer, head)`` or a head config.
+    """
+    config = {heads[0]: [heads[1]]} if isinstance(heads, tuple) else heads
     ids = torch.tensor([prepared.prompt_ids + prepared.target_ids])
     n_prompt, n_target = len(prepared.prompt_ids), len(prepared.target_ids)
     emphasis = torch.tensor([prepared.emphasis])
@@ -122,7 +126,7 @@ def _manual_full_gain(pasta: PASTA, prepared: profiling.PreparedExample, head: A
         with torch.no_grad():
             if steered:
                 with pasta.steer_tokens(
-                    emphasis, torch.ones(1, n_prompt), alpha=0.1, head_config={head[0]: [head[1]]}
+                    emphasis, torch.ones(1, n_prompt), alpha=0.1, head_config=config
                 ):
                     logits = pasta.model(input_ids=ids).logits
             else:
@@ -159,6 +163,20 @@ def test_layer_sharing_and_batching_do_not_change_scores(pasta: PASTA) -> None:
     first, second = shared.score_heads(prepared, heads), plain.score_heads(prepared, heads)
     for head in heads:
         assert first[head] == pytest.approx(second[head], abs=1e-6)
+
+
+def test_head_sets_score_like_the_full_mode_reference(pasta: PASTA) -> None:
+    example = generate("knowledge_conflict", "train", 1)[0]
+    prepared = profiling.prepare_example(pasta.tokenizer, example, repeat_tokens=0)
+    scorer = profiling.HeadScorer(pasta, 0.1, mode="full", batch_size=2)
+    sets: list[Any] = [{1: [0]}, {1: [0, 2], 2: [1]}, {0: [0, 1, 2, 3]}]
+    seen: list[int] = []
+    scores = scorer.score_head_sets(prepared, sets, lambda start, done: seen.append(len(done)))
+    assert seen == [2, 3]  # one callback per forward pass of batch_size rows
+    for head_set, (gain, repeat) in zip(sets, scores, strict=True):
+        assert repeat == 0.0
+        assert gain == pytest.approx(_manual_full_gain(pasta, prepared, head_set), abs=1e-5)
+    assert scores[0] != scores[1]
 
 
 def test_profile_heads_resumes_from_partial_cache(
