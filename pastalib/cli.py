@@ -45,7 +45,11 @@ ModelOption = Annotated[
     ),
 ]
 HeadsOption = Annotated[
-    str, typer.Option("--head-config", help="Shipped config name or JSON file (see `pasta heads`).")
+    str,
+    typer.Option(
+        "--head-config",
+        help="Shipped config name, JSON file or layer range 'layers:18-29' (see `pasta heads`).",
+    ),
 ]
 AlphaOption = Annotated[
     float | None,
@@ -80,14 +84,17 @@ def build_prompt(tokenizer: Any, marked: str, chat: bool) -> tuple[str, list[Spa
     return render_chat(tokenizer, [{"role": "user", "content": plain}], [spans])
 
 
+def _metadata(head_config: str) -> dict[str, Any]:
+    """The metadata beside a head config; empty when there is none or it cannot be read."""
+    try:
+        return head_config_metadata(head_config)
+    except (OSError, ValueError):
+        return {}
+
+
 def default_alpha(head_config: str, alpha: float | None) -> float:
     """The explicit alpha, else the one recommended beside the head config, else 0.01."""
-    if alpha is not None:
-        return alpha
-    try:
-        return float(head_config_metadata(head_config).get("alpha", 0.01))
-    except (OSError, ValueError):
-        return 0.01
+    return alpha if alpha is not None else float(_metadata(head_config).get("alpha", 0.01))
 
 
 def highlight(text: str, spans: list[Span], style: str = "bold yellow") -> Text:
@@ -388,10 +395,7 @@ def evaluate_command(
     loaded_model, tokenizer = load(model)
     scale = default_alpha(head_config, alpha)
     if decode_steps is None:
-        try:
-            decode_steps = head_config_metadata(head_config).get("decode_steps")
-        except (OSError, ValueError):
-            decode_steps = None
+        decode_steps = _metadata(head_config).get("decode_steps")
     pasta = PASTA(loaded_model, tokenizer, head_config, alpha=scale)
     conditions = evaluation.standard_conditions(decode_steps=decode_steps)
     grammar_runs = evaluation.grammar_conditions(decode_steps=decode_steps)
@@ -422,6 +426,112 @@ def evaluate_command(
         if section is not None:
             console.print(evaluation.results_table(section, "lenient_ok"))
             console.print(evaluation.results_table(section, "strict_ok"))
+    if out is not None:
+        evaluation.write_results(results, out)
+        console.print(f"Wrote {out}")
+
+
+def _candidate(spec: str) -> tuple[str, float | None]:
+    """Splits ``HEADS[@ALPHA]`` (the alpha after the last ``@``)."""
+    heads, at, alpha = spec.rpartition("@")
+    if not at:
+        return spec, None
+    try:
+        value = float(alpha)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{spec!r}: {alpha!r} is not a number.", param_hint="--candidate"
+        ) from None
+    if not value > 0:
+        raise typer.BadParameter(f"{spec!r}: alpha must be > 0.", param_hint="--candidate")
+    return heads, value
+
+
+@app.command()
+def select(
+    candidates: Annotated[
+        list[str],
+        typer.Option(
+            "--candidate",
+            "-c",
+            help="HEADS[@ALPHA], repeatable: a shipped name, JSON file or 'layers:18-29', with "
+            "the alpha to steer at (default: the config's, else 0.01).",
+        ),
+    ],
+    tasks: Annotated[str, typer.Option(help="Comma-separated task names.")] = (
+        "json_format,pronoun_change,knowledge_conflict,format_constraints"
+    ),
+    skip: Annotated[
+        int, typer.Option(min=0, help="Skip this many train examples (those profiled).")
+    ] = 8,
+    limit: Annotated[int, typer.Option(min=1, help="Dev examples per task.")] = 24,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 40,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="JSON results file.")] = Path(
+        "select_results.json"
+    ),
+    model: ModelOption = "default",
+    threads: ThreadsOption = None,
+) -> None:
+    """Chooses among candidate head configs by generating on a dev slice of train.
+
+    The best candidate is the one with the highest macro lenient_ok among those at least as
+    good as unsteered on every task (the rule that chose the shipped default). Use it after
+    `pasta profile`: the profiling proxy is a cheap filter, generation decides.
+    """
+    from rich.progress import Progress
+
+    from pastalib import evaluation
+    from pastalib.pasta import PASTA
+
+    names = _task_list(tasks)
+    parsed = [_candidate(spec) for spec in candidates]
+    if len(set(candidates)) != len(candidates):
+        raise typer.BadParameter("Each candidate must be given once.", param_hint="--candidate")
+    _set_threads(threads)
+    loaded_model, tokenizer = load(model)
+    pasta = PASTA(loaded_model, tokenizer, parsed[0][0])
+    conditions = [evaluation.Condition("unsteered")]
+    for spec, (heads, alpha) in zip(candidates, parsed, strict=True):
+        pasta.resolve_heads(heads)  # every spec is checked before any generation
+        scale = default_alpha(heads, alpha)
+        decode_steps = _metadata(heads).get("decode_steps")
+        conditions.append(
+            evaluation.Condition(
+                spec, steer=True, head_config=heads, alpha=scale, decode_steps=decode_steps
+            )
+        )
+    with Progress(console=console) as bar:
+        job = bar.add_task("generating", total=len(names) * limit * len(conditions))
+        results = evaluation.evaluate(
+            pasta,
+            names,
+            conditions,
+            split="train",
+            limit=limit,
+            seed=seed,
+            skip=skip,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=lambda done: bar.advance(job, done),
+        )
+    ranking = evaluation.rank_conditions(results)
+    results["ranking"] = ranking
+    console.print(evaluation.results_table(results, "lenient_ok"))
+    table = Table(title="ranking (eligible: no task below unsteered)")
+    for column in ("candidate", "macro lenient_ok", "eligible", "below unsteered on"):
+        table.add_column(column)
+    for row in ranking:
+        eligible = "yes" if row["eligible"] else "no"
+        table.add_row(row["name"], f"{row['rate']:.3f}", eligible, ", ".join(row["worse_on"]))
+    console.print(table)
+    best = ranking[0] if ranking and ranking[0]["eligible"] else None
+    console.print(
+        f"Chosen: {best['name']}"
+        if best
+        else "No candidate is at least as good as unsteered on every task."
+    )
     if out is not None:
         evaluation.write_results(results, out)
         console.print(f"Wrote {out}")

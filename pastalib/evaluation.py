@@ -279,6 +279,50 @@ def _condition_json(condition: Condition) -> dict[str, Any]:
     return data
 
 
+def rank_conditions(
+    results: Mapping[str, Any], baseline: str = "unsteered", metric: str = "lenient_ok"
+) -> list[dict[str, Any]]:
+    """Ranks every condition but ``baseline`` for choosing a steering config on dev data.
+
+    A condition is *eligible* when it is at least as good as the baseline on every task; the
+    ranking puts eligible conditions first, each group by macro rate over tasks (best
+    first). This is the rule that chose the shipped default config.
+
+    Args:
+        results: What :func:`evaluate` returned, with ``baseline`` among its conditions.
+        baseline: The condition every candidate must match on each task.
+        metric: The rate compared (one of :data:`METRICS`).
+
+    Returns:
+        ``[{"name", "rate", "eligible", "worse_on"}]``, best first; ``worse_on`` lists the
+        tasks where the condition is below the baseline.
+
+    Raises:
+        ValueError: ``baseline`` is not a condition of ``results``.
+    """
+    names = [condition["name"] for condition in results["settings"]["conditions"]]
+    if baseline not in names:
+        raise ValueError(f"Baseline {baseline!r} is not among the conditions {names}.")
+    rows = []
+    for name in names:
+        if name == baseline:
+            continue
+        worse = [
+            task
+            for task, by_condition in results["tasks"].items()
+            if by_condition[name][metric] < by_condition[baseline][metric]
+        ]
+        rows.append(
+            {
+                "name": name,
+                "rate": results["overall"][name][metric],
+                "eligible": not worse,
+                "worse_on": worse,
+            }
+        )
+    return sorted(rows, key=lambda row: (not row["eligible"], -row["rate"]))
+
+
 def write_results(results: Mapping[str, Any], path: Path) -> Path:
     """Writes evaluation results as JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,12 +2,14 @@
 
 A head config maps a layer index to the head indices steered in that layer. It can be given
 as a dict ``{layer: [heads]}`` (keys may be strings, as in JSON), a list of layers (all their
-heads), a path to a JSON file, or the name of a config shipped in ``pastalib/head_configs``.
+heads), a layer range ``"layers:18-29"`` (all heads, both ends included), a path to a JSON
+file, or the name of a config shipped in ``pastalib/head_configs``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ HeadConfigSpec = Mapping[Any, Sequence[int]] | Sequence[int] | str | Path
 """Anything :func:`resolve_head_config` accepts."""
 
 SHIPPED_DIR = Path(__file__).parent / "head_configs"
+_LAYER_RANGE = re.compile(r"layers:(\d+)-(\d+)")
 
 
 class HeadConfigError(ValueError):
@@ -39,14 +42,22 @@ def load_head_config(path_or_name: str | Path) -> dict[str, Any] | list[int]:
     with a ``"head_config"`` entry next to metadata (as written by ``pasta profile``).
 
     Args:
-        path_or_name: A JSON file path, or a name from :func:`shipped_head_configs`.
+        path_or_name: A JSON file path, a name from :func:`shipped_head_configs`, or a layer
+            range ``"layers:FIRST-LAST"`` (every head of those layers, both included).
 
     Returns:
-        The raw head config (string layer keys, as stored).
+        The raw head config (string layer keys, as stored), or the list of layers.
 
     Raises:
-        HeadConfigError: No such file or shipped name, or the JSON has the wrong shape.
+        HeadConfigError: No such file or shipped name, an empty layer range, or the JSON has
+            the wrong shape.
     """
+    layer_range = _LAYER_RANGE.fullmatch(str(path_or_name))
+    if layer_range:
+        first, last = int(layer_range[1]), int(layer_range[2])
+        if first > last:
+            raise HeadConfigError(f"Empty layer range {str(path_or_name)!r}: {first} > {last}.")
+        return list(range(first, last + 1))
     shipped = shipped_head_configs()
     path = shipped.get(str(path_or_name), Path(path_or_name))
     if not path.is_file():
@@ -66,7 +77,9 @@ def load_head_config(path_or_name: str | Path) -> dict[str, Any] | list[int]:
 
 
 def head_config_metadata(path_or_name: str | Path) -> dict[str, Any]:
-    """Returns the metadata stored beside a head config (empty for bare configs)."""
+    """Returns the metadata stored beside a head config (empty for bare configs and ranges)."""
+    if _LAYER_RANGE.fullmatch(str(path_or_name)):
+        return {}
     path = shipped_head_configs().get(str(path_or_name), Path(path_or_name))
     data = json.loads(path.read_text())
     return {k: v for k, v in data.items() if k != "head_config"} if isinstance(data, dict) else {}
@@ -90,8 +103,8 @@ def resolve_head_config(spec: HeadConfigSpec, num_layers: int, num_heads: int) -
     """Turns any accepted head-config form into a validated ``{layer: sorted heads}`` dict.
 
     Args:
-        spec: A mapping ``{layer: [heads]}``, a list of layers (all heads), a JSON path,
-            or a shipped config name.
+        spec: A mapping ``{layer: [heads]}``, a list of layers (all heads), a layer range
+            ``"layers:FIRST-LAST"``, a JSON path, or a shipped config name.
         num_layers: The model's layer count.
         num_heads: The model's attention heads per layer.
 

@@ -206,6 +206,17 @@ def test_head_config_forms(llama, tokenizer, tmp_path: Path) -> None:  # type: i
     assert PASTA(llama, tokenizer, [0, 2]).head_config == {0: [0, 1, 2, 3], 2: [0, 1, 2, 3]}
     assert PASTA(llama, tokenizer, {1: [2], "1": [0]}).head_config == {1: [0, 2]}
     assert PASTA.load_head_config(path) == {"2": [3, 1, 1]}
+    # A layer range: every head of the layers, both ends included; out of range is an error.
+    assert PASTA(llama, tokenizer, "layers:1-2").head_config == {
+        1: [0, 1, 2, 3],
+        2: [0, 1, 2, 3],
+    }
+    with pytest.raises(HeadConfigError, match="Empty layer range 'layers:2-1'"):
+        PASTA(llama, tokenizer, "layers:2-1")
+    with pytest.raises(HeadConfigError, match="Layer 3 is out of range"):
+        PASTA(llama, tokenizer, "layers:2-3")
+    with pytest.raises(HeadConfigError, match="No head config file"):
+        PASTA(llama, tokenizer, "layers:1-")
 
 
 def test_beams_and_return_sequences_expand_the_bias(llama, tokenizer) -> None:  # type: ignore[no-untyped-def]

@@ -285,6 +285,40 @@ def test_grammar_condition_forces_the_task_schema(pasta: PASTA) -> None:
         evaluation.run_condition(pasta, [*examples, *generate("pronoun_change", "test", 1)], forced)
 
 
+def _results(rates: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """A hand-written evaluate() result: {condition: {task: lenient_ok}}."""
+    tasks = list(next(iter(rates.values())))
+    return {
+        "settings": {"conditions": [{"name": name} for name in rates]},
+        "tasks": {t: {name: {"lenient_ok": rates[name][t]} for name in rates} for t in tasks},
+        "overall": {
+            name: {"lenient_ok": sum(by_task.values()) / len(by_task)}
+            for name, by_task in rates.items()
+        },
+    }
+
+
+def test_rank_conditions_needs_no_task_below_the_baseline() -> None:
+    results = _results(
+        {
+            "unsteered": {"a": 0.5, "b": 0.1},
+            "best_total_but_worse_on_b": {"a": 1.0, "b": 0.0},
+            "equal_on_b": {"a": 0.7, "b": 0.1},
+            "better_everywhere": {"a": 0.6, "b": 0.15},
+        }
+    )
+    ranking = evaluation.rank_conditions(results)
+    assert [row["name"] for row in ranking] == [
+        "equal_on_b",  # eligible, macro 0.40
+        "better_everywhere",  # eligible, macro 0.375
+        "best_total_but_worse_on_b",  # highest macro 0.5, but below unsteered on b
+    ]
+    assert [row["eligible"] for row in ranking] == [True, True, False]
+    assert ranking[2]["worse_on"] == ["b"] and ranking[0]["worse_on"] == []
+    with pytest.raises(ValueError, match="Baseline 'nope'"):
+        evaluation.rank_conditions(results, baseline="nope")
+
+
 def test_summarize_counts() -> None:
     rows = [
         {
@@ -400,6 +434,45 @@ def test_cli_profile_and_eval(tmp_path: Path, tiny_dir: Path) -> None:
 
     bad = runner.invoke(app, ["eval", "--model", str(tiny_dir), "--tasks", "nope"])
     assert bad.exit_code != 0
+    selected = tmp_path / "select.json"
+    result = runner.invoke(
+        app,
+        [
+            "select",
+            "--model",
+            str(tiny_dir),
+            "-c",
+            "layers:1-2@0.5",
+            "-c",
+            f"{out}@0.2",
+            "--tasks",
+            "knowledge_conflict",
+            "--skip",
+            "2",
+            "--limit",
+            "1",
+            "--max-new-tokens",
+            "2",
+            "--out",
+            str(selected),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    chosen = json.loads(selected.read_text())
+    assert [c["name"] for c in chosen["settings"]["conditions"]] == [
+        "unsteered",
+        "layers:1-2@0.5",
+        f"{out}@0.2",
+    ]
+    assert [c["alpha"] for c in chosen["settings"]["conditions"]] == [None, 0.5, 0.2]
+    assert chosen["examples"][0]["uid"] == "knowledge_conflict:train:0:2"
+    assert {row["name"] for row in chosen["ranking"]} == {"layers:1-2@0.5", f"{out}@0.2"}
+    assert "Chosen:" in result.output or "No candidate" in result.output
+    for bad, message in (("layers:1-2@0", "alpha must be > 0"), ("layers:1-9", "out of range")):
+        rejected = runner.invoke(app, ["select", "--model", str(tiny_dir), "-c", bad])
+        assert rejected.exit_code != 0
+        assert message in (rejected.output + repr(rejected.exception))
+
     bad_alpha = runner.invoke(app, ["profile", "--model", str(tiny_dir), "--steer-alpha", "0"])
     assert bad_alpha.exit_code != 0 and "--steer-alpha" in bad_alpha.output
     no_schema = runner.invoke(
