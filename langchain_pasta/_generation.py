@@ -26,7 +26,7 @@ import threading
 from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -590,6 +590,8 @@ class PastaParams(BaseModel):
     model_config = ConfigDict(
         arbitrary_types_allowed=True, populate_by_name=True, protected_namespaces=()
     )
+    _ls_model_type: ClassVar[str]
+    """``"llm"`` or ``"chat"``, for LangSmith."""
 
     model: PreTrainedModel = Field(exclude=True, repr=False)
     """A loaded causal LM with SDPA or eager attention (shared, never copied)."""
@@ -783,11 +785,12 @@ class PastaParams(BaseModel):
         override = kwargs.get("model")
         return override if isinstance(override, str) else self.model_name
 
-    def _ls_common(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """LangSmith parameters both models report."""
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        """LangSmith parameters (``ls_model_type`` from the class's ``_ls_model_type``)."""
         params: dict[str, Any] = {
             "ls_provider": "pasta",
             "ls_model_name": self._model_name_for(kwargs),
+            "ls_model_type": self._ls_model_type,
             "ls_temperature": kwargs.get("temperature", self.temperature),
             "ls_max_tokens": kwargs.get("max_tokens")
             or kwargs.get("max_new_tokens")
@@ -798,7 +801,8 @@ class PastaParams(BaseModel):
             params["ls_stop"] = stops
         return params
 
-    def _pasta_params(self) -> dict[str, Any]:
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
         """Identifying parameters (weights excluded)."""
         return {
             "model_name": self.model_name,

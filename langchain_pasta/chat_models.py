@@ -7,7 +7,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from jinja2.exceptions import TemplateError
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -251,19 +251,11 @@ class ChatPasta(PastaParams, BaseChatModel):
     emphasize_tools: bool | list[str] = False
     """Emphasize the descriptions of all bound tools (``True``) or of the named ones."""
 
+    _ls_model_type: ClassVar[str] = "chat"
+
     @property
     def _llm_type(self) -> str:
         return "chat-pasta"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return self._pasta_params()
-
-    @override
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
-        params = self._ls_common(stop, kwargs)
-        params["ls_model_type"] = "chat"
-        return params
 
     # -- tools and structured output -----------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.caches import BaseCache
 from langchain_core.callbacks import (
@@ -98,19 +98,11 @@ class PastaLLM(PastaParams, BaseLLM):
     cache: BaseCache | bool | None = Field(default=False, exclude=True)
     """LangChain LLM cache; off by default because its key ignores the emphasis spans."""
 
+    _ls_model_type: ClassVar[str] = "llm"
+
     @property
     def _llm_type(self) -> str:
         return "pasta"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return self._pasta_params()
-
-    @override
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
-        params = self._ls_common(stop, kwargs)
-        params["ls_model_type"] = "llm"
-        return params
 
     # -- prompt values to (text, spans) --------------------------------------------------------
 
