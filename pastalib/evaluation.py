@@ -22,6 +22,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from pastalib.grammar import json_schema_grammar
 from pastalib.heads import HeadConfigSpec
 from pastalib.pasta import PASTA
 from pastalib.spans import Span
@@ -145,8 +146,6 @@ def run_condition(
 
 def _task_grammar(tasks: set[str]) -> str:
     """The llguidance grammar of the one task in ``tasks`` (see ``Condition.grammar``)."""
-    from pastalib.grammar import json_schema_grammar
-
     if len(tasks) != 1:
         raise ValueError(f"A grammar condition runs one task at a time, got {sorted(tasks)}.")
     (task,) = tasks

@@ -15,6 +15,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from pastalib.grammar import GrammarLogitsProcessor
 from pastalib.heads import (
     HeadConfig,
     HeadConfigSpec,
@@ -241,8 +242,6 @@ class PASTA:
         texts = [texts] if isinstance(texts, str) else list(texts)
         inputs, offsets = self.inputs_from_batch(texts)
         if grammar is not None:
-            from pastalib.grammar import GrammarLogitsProcessor
-
             batch, prompt_length = inputs["input_ids"].shape
             processor = GrammarLogitsProcessor(
                 grammar, self.model, self.tokenizer, batch, prompt_length
