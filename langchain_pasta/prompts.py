@@ -44,6 +44,7 @@ from langchain_core.prompts.string import (
 from pydantic import Field, model_validator
 from typing_extensions import Self, override
 
+from pastalib.errors import EmphasisError
 from pastalib.markup import mark_emphasis, parse_emphasis
 from pastalib.spans import Span, SpanError, normalize_spans
 
@@ -75,10 +76,6 @@ _ROLE_CLASSES: dict[str, type[BaseMessage]] = {
     "assistant": AIMessage,
     "system": SystemMessage,
 }
-
-
-class EmphasisError(ValueError):
-    """An emphasis declaration that cannot be honoured (unknown variable, bad value...)."""
 
 
 class _Emphasized(str):

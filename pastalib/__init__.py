@@ -4,14 +4,38 @@ The engine behind langchain-pasta: emphasize parts of a prompt and a few attenti
 attend to them, on SDPA or eager attention, with no weight change.
 """
 
+from importlib import metadata as _metadata
+
+from pastalib.errors import (
+    ChatTemplateError,
+    EmphasisError,
+    GrammarError,
+    HeadConfigError,
+    LengthLimitError,
+    MarkupError,
+    ModelNotAvailableError,
+    ParameterError,
+    PastaError,
+    SpanError,
+    SteeringError,
+    UnsupportedModelError,
+)
 from pastalib.heads import HeadConfig, load_head_config, shipped_head_configs
 from pastalib.pasta import PASTA
-from pastalib.spans import Span, SpanError
-from pastalib.steering import SteeringError, UnsupportedModelError
+from pastalib.spans import Span
 
 __all__ = [
     "PASTA",
+    "ChatTemplateError",
+    "EmphasisError",
+    "GrammarError",
     "HeadConfig",
+    "HeadConfigError",
+    "LengthLimitError",
+    "MarkupError",
+    "ModelNotAvailableError",
+    "ParameterError",
+    "PastaError",
     "Span",
     "SpanError",
     "SteeringError",
@@ -19,4 +43,8 @@ __all__ = [
     "load_head_config",
     "shipped_head_configs",
 ]
-__version__ = "0.1.0"
+
+try:
+    __version__ = _metadata.version("langchain-pasta")
+except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"

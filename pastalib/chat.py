@@ -14,11 +14,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from pastalib.spans import Span, SpanError, normalize_spans
-
-
-class ChatTemplateError(SpanError):
-    """A chat template dropped or rewrote a message whose spans must be placed."""
+from pastalib.errors import ChatTemplateError, SpanError
+from pastalib.spans import Span, normalize_spans
 
 
 def render_chat(

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from pastalib.errors import HeadConfigError
+
 HeadConfig = dict[int, list[int]]
 """Steered heads per layer: ``{layer_index: [head_index, ...]}``."""
 
@@ -24,10 +26,6 @@ HeadConfigSpec = Mapping[Any, Sequence[int]] | Sequence[int] | str | Path
 
 SHIPPED_DIR = Path(__file__).parent / "head_configs"
 _LAYER_RANGE = re.compile(r"layers:(\d+)-(\d+)")
-
-
-class HeadConfigError(ValueError):
-    """A head config that does not fit the model or cannot be read."""
 
 
 def shipped_head_configs() -> dict[str, Path]:

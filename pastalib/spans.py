@@ -8,16 +8,17 @@ offsets and so never count as emphasized.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
+from pastalib.errors import SpanError
+
 Span = tuple[int, int]
 """A half-open ``(start, end)`` character range into one prompt string."""
-
-
-class SpanError(ValueError):
-    """An emphasized span that cannot be placed on the prompt's tokens."""
 
 
 def normalize_spans(spans: Sequence[Sequence[int]], text_length: int | None = None) -> list[Span]:
@@ -61,6 +62,85 @@ def normalize_spans(spans: Sequence[Sequence[int]], text_length: int | None = No
     return merged
 
 
+def shift_spans(spans: Iterable[Sequence[int]], offset: int) -> list[Span]:
+    """Moves spans by ``offset`` characters (where a piece of text landed in a larger one)."""
+    return [(int(start) + offset, int(end) + offset) for start, end in spans]
+
+
+def find_all(text: str, substring: str, start: int = 0) -> list[int]:
+    """Start offsets of every (possibly overlapping) occurrence of ``substring`` in ``text``."""
+    if not substring:
+        return []
+    found: list[int] = []
+    position = text.find(substring, start)
+    while position != -1:
+        found.append(position)
+        position = text.find(substring, position + 1)
+    return found
+
+
+# Private-use characters open and close a marked region; a random nonce per Markers object
+# makes the markers impossible to forge from text that was formatted in, and a region's close
+# repeats its key, so a stray marker character is ordinary text.
+_MARK_OPEN, _MARK_SEP, _MARK_CLOSE = "\ue002", "\ue003", "\ue004"
+
+
+@dataclass(frozen=True)
+class Markers:
+    """Unforgeable in-band markers: wrap pieces of text, format, then find where they landed.
+
+    A formatter (a prompt template, a chat template) only copies text around, so wrapping the
+    pieces whose position matters in markers and stripping them from the output tells where
+    each piece went. Each ``Markers`` object draws a random nonce: text from anywhere else
+    (a template value, a document) cannot contain a valid marker, and marker-like characters
+    in it stay ordinary text.
+
+    Example:
+        .. code-block:: python
+
+            markers = Markers()
+            text, regions = markers.strip(f"Hi {markers.wrap(0, 'Bob')}!")
+            # text == "Hi Bob!", regions == {0: [(3, 6)]}
+    """
+
+    nonce: str = field(default_factory=lambda: secrets.token_hex(8))
+
+    def wrap(self, key: int, text: str) -> str:
+        """Returns ``text`` wrapped in the markers of region ``key`` (a non-negative int)."""
+        tag = f"{_MARK_OPEN}{self.nonce}{key}"
+        return f"{tag}{_MARK_SEP}{text}{tag}{_MARK_CLOSE}"
+
+    def _pattern(self) -> re.Pattern[str]:
+        return re.compile(f"{_MARK_OPEN}{re.escape(self.nonce)}(\\d+)([{_MARK_SEP}{_MARK_CLOSE}])")
+
+    def strip(self, marked: str) -> tuple[str, dict[int, list[Span]]]:
+        """Removes this object's markers; returns the text and each region's spans in it.
+
+        A region rendered several times has several spans, in order. Raises:
+            SpanError: Markers are unbalanced or crossed (the formatter cut a region).
+        """
+        out: list[str] = []
+        length = last = 0
+        opened: list[tuple[int, int]] = []
+        regions: dict[int, list[Span]] = {}
+        for match in self._pattern().finditer(marked):
+            piece = marked[last : match.start()]
+            out.append(piece)
+            length += len(piece)
+            last = match.end()
+            key = int(match.group(1))
+            if match.group(2) == _MARK_SEP:
+                opened.append((key, length))
+            elif opened and opened[-1][0] == key:
+                regions.setdefault(key, []).append((opened.pop()[1], length))
+            else:
+                raise SpanError(f"Marked region {key} was cut or crossed by the formatter.")
+        if opened:
+            raise SpanError(f"Marked region {opened[-1][0]} was cut by the formatter.")
+        out.append(marked[last:])
+        return "".join(out), regions
+
+
 def find_substring_span(text: str, substring: str, occurrence: int = 0, row: int = 0) -> Span:
     """Locates one occurrence of ``substring`` in ``text``.
 
@@ -78,11 +158,7 @@ def find_substring_span(text: str, substring: str, occurrence: int = 0, row: int
     """
     if not substring:
         raise SpanError(f"Row {row}: the emphasized substring is empty.")
-    starts: list[int] = []
-    position = text.find(substring)
-    while position != -1:
-        starts.append(position)
-        position = text.find(substring, position + 1)
+    starts = find_all(text, substring)
     if not starts:
         raise SpanError(
             f"Row {row}: emphasized text {substring!r} does not occur in the prompt {text!r}."

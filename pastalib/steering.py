@@ -41,6 +41,8 @@ from transformers import AttentionInterface, PretrainedConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
+from pastalib.errors import SteeringError, UnsupportedModelError
+
 ScalePosition = Literal["exclude", "include"]
 SCALE_POSITIONS: tuple[str, ...] = ("exclude", "include")
 
@@ -53,14 +55,6 @@ STEERABLE_BACKENDS: dict[str, str] = {
     STEERED_SDPA: STEERED_SDPA,
     STEERED_EAGER: STEERED_EAGER,
 }
-
-
-class SteeringError(ValueError):
-    """Steering cannot be applied as asked."""
-
-
-class UnsupportedModelError(SteeringError):
-    """The model's architecture or attention backend cannot be steered."""
 
 
 @dataclass(eq=False)
