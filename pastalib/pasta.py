@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    BatchEncoding,
-    LogitsProcessorList,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
-from pastalib.grammar import GrammarLogitsProcessor
+from pastalib.errors import ParameterError, SpanError, SteeringError
+from pastalib.generation import (
+    SAMPLING_OPTIONS,
+    GenerationRequest,
+    PastaEngine,
+    SteeringOptions,
+    check_stop,
+    generation_config,
+    tokenize_with_offsets,
+)
 from pastalib.heads import (
     HeadConfig,
     HeadConfigSpec,
@@ -25,7 +29,6 @@ from pastalib.heads import (
 )
 from pastalib.spans import (
     Span,
-    SpanError,
     find_substring_span,
     normalize_spans,
     token_mask_from_spans,
@@ -33,7 +36,6 @@ from pastalib.spans import (
 from pastalib.steering import (
     SCALE_POSITIONS,
     ScalePosition,
-    SteeringError,
     SteeringPlan,
     attention_modules,
     check_alpha,
@@ -110,30 +112,12 @@ class PASTA:
     ) -> tuple[BatchEncoding, torch.Tensor]:
         """Tokenizes texts left-padded, returning ``(inputs, offsets_mapping)``.
 
-        A pad token is set (to EOS) if the tokenizer has none. ``inputs`` holds no offsets, so
-        it can go straight into ``model.generate(**inputs)``.
+        Pads with the pad token, else EOS (the tokenizer is not modified). ``inputs`` holds no
+        offsets, so it can go straight into ``model.generate(**inputs)``.
         """
-        if isinstance(texts, str):
-            texts = [texts]
-        tokenizer = self.tokenizer
-        if not tokenizer.is_fast:
-            raise SpanError(
-                f"{type(tokenizer).__name__} is a slow tokenizer without offset mappings; load "
-                "the fast one (AutoTokenizer.from_pretrained(..., use_fast=True))."
-            )
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        inputs = tokenizer(
-            list(texts),
-            return_tensors="pt",
-            padding=True,
-            padding_side="left",
-            return_offsets_mapping=True,
+        return tokenize_with_offsets(
+            self.tokenizer, texts, device=self.model.device if device is None else device
         )
-        offsets = inputs.pop("offset_mapping")
-        if device is None:
-            device = self.model.device
-        return inputs.to(device), offsets
 
     def emphasis_mask(
         self,
@@ -231,49 +215,36 @@ class PASTA:
         head_config: HeadConfigSpec | None = None,
         decode_steps: int | None = None,
         grammar: str | None = None,
-        **generate_kwargs: Any,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        **sampling: Any,
     ) -> list[str]:
         """Generates a completion per text, steered toward ``spans`` (None: unsteered).
 
-        Greedy unless ``generate_kwargs`` say otherwise; returns only the new text of each row.
-        ``grammar`` (an llguidance grammar, see :mod:`pastalib.grammar`) constrains every row's
-        output.
+        Greedy unless ``sampling`` says otherwise (``do_sample``, ``temperature``, ``top_p``,
+        ``top_k``, ``repetition_penalty``, ``max_time``); returns only the new text of each
+        row, cut before the first ``stop`` string. ``grammar`` (an llguidance grammar, see
+        :mod:`pastalib.grammar`) constrains every row's output.
+
+        Raises:
+            ParameterError: An unknown keyword or an option out of range.
         """
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        inputs, offsets = self.inputs_from_batch(texts)
-        if grammar is not None:
-            batch, prompt_length = inputs["input_ids"].shape
-            processor = GrammarLogitsProcessor(
-                grammar, self.model, self.tokenizer, batch, prompt_length
+        unknown = sorted(set(sampling) - set(SAMPLING_OPTIONS))
+        if unknown:
+            raise ParameterError(
+                f"Unknown generate option(s) {unknown}; accepted: {sorted(SAMPLING_OPTIONS)}."
             )
-            generate_kwargs["logits_processor"] = LogitsProcessorList(
-                [*generate_kwargs.get("logits_processor", []), processor]
-            )
-        settings: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": False,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            **generate_kwargs,
-        }
-        steering: AbstractContextManager[Any] = (
-            nullcontext()
-            if spans is None
-            else self.steer_spans(
-                inputs,
-                offsets,
-                spans,
-                texts=texts,
-                alpha=alpha,
-                scale_position=scale_position,
-                head_config=head_config,
-                decode_steps=decode_steps,
-            )
+        rows = [texts] if isinstance(texts, str) else list(texts)
+        request = GenerationRequest(
+            texts=rows,
+            spans=[list(row) for row in spans] if spans is not None else [[] for _ in rows],
+            config=generation_config(self.model, max_new_tokens=max_new_tokens, **sampling),
+            stop=check_stop(stop),
+            steering=SteeringOptions(alpha, scale_position, head_config, decode_steps),
+            grammar=grammar,
+            seed=seed,
         )
-        generate: Any = self.model.generate
-        with torch.no_grad(), steering:
-            output = generate(**inputs, **settings)
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        return list(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        return [output.text for output in PastaEngine(self).generate(request)]
 
     @contextmanager
     def apply_steering(
