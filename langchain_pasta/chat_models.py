@@ -36,7 +36,7 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import Field
 from typing_extensions import override
 
-from langchain_pasta._generation import GenerationOutput, GenerationRequest, PastaParams, StopBuffer
+from langchain_pasta._base import PastaParams
 from langchain_pasta._tools import (
     TOOL_CALL_OPEN,
     parse_tool_calls,
@@ -47,7 +47,9 @@ from langchain_pasta._tools import (
     tool_description_spans,
 )
 from langchain_pasta.prompts import message_spans
-from pastalib.chat import ChatTemplateError, render_chat
+from pastalib.chat import render_chat
+from pastalib.errors import ChatTemplateError
+from pastalib.generation import GenerationOutput, GenerationRequest, StopBuffer
 from pastalib.grammar import json_schema_grammar
 from pastalib.markup import MarkupError, parse_emphasis
 from pastalib.spans import Span, normalize_spans
@@ -400,15 +402,6 @@ class ChatPasta(PastaParams, BaseChatModel):
             ],
             llm_output={"token_usage": output.usage, "model_name": call.model_name},
         )
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return await self._generate_in_executor(messages, stop, run_manager, kwargs)
 
     def _stream(
         self,

@@ -19,8 +19,9 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import Field
 from typing_extensions import override
 
-from langchain_pasta._generation import GenerationOutput, PastaParams
+from langchain_pasta._base import PastaParams
 from langchain_pasta.prompts import EmphasizedPromptValue, message_spans
+from pastalib.generation import GenerationOutput
 from pastalib.markup import MarkupError, parse_emphasis
 from pastalib.spans import Span, SpanError
 
@@ -218,15 +219,6 @@ class PastaLLM(PastaParams, BaseLLM):
         request = self._build_request(texts, spans, stop, kwargs)
         outputs = self.engine.generate(request)
         return self._result(outputs, kwargs)
-
-    async def _agenerate(
-        self,
-        prompts: list[str],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> LLMResult:
-        return await self._generate_in_executor(prompts, stop, run_manager, kwargs)
 
     def _stream(
         self,

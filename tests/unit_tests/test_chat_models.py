@@ -225,10 +225,11 @@ def test_chain_with_prompt_and_parser(chat: ChatPasta, steer_spy: SteerSpy) -> N
     )
 
 
-def test_markup_in_a_plain_message(chat: ChatPasta, steer_spy: SteerSpy) -> None:
-    chat.invoke(
-        [SystemMessage("You are terse. <em>Mary is a doctor.</em>"), HumanMessage(QUESTION)]
-    )
+def test_markup_in_a_plain_message_is_opt_in(chat: ChatPasta, steer_spy: SteerSpy) -> None:
+    messages = [SystemMessage("You are terse. <em>Mary is a doctor.</em>"), HumanMessage(QUESTION)]
+    chat.invoke(messages)  # default: the tags are literal text, nothing is steered
+    assert steer_spy.plans == []
+    chat.model_copy(update={"parse_markup": True}).invoke(messages)
     assert_steered(
         steer_spy.plans[0].prompt_bias[0], chat.tokenizer, CONVERSATION_TEXT, [FOCUS], False
     )

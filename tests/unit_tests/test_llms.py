@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 import pastalib.pasta as pasta_module
 from langchain_pasta import EmphasizedPromptTemplate, PastaLLM, emphasize, emphasized_message
-from langchain_pasta._generation import StopBuffer
+from pastalib.generation import StopBuffer
 from pastalib.markup import MarkupError
 from pastalib.spans import SpanError
 from pastalib.steering import SteeringPlan
@@ -168,9 +168,12 @@ def test_invoke_steers_exactly_the_emphasized_tokens(llm: PastaLLM, steer_spy: S
     )
 
 
-def test_inline_markup_in_a_plain_string(llm: PastaLLM, steer_spy: SteerSpy) -> None:
+def test_inline_markup_in_a_plain_string_is_opt_in(llm: PastaLLM, steer_spy: SteerSpy) -> None:
     marked = PROMPT.replace(FOCUS, f"<em>{FOCUS}</em>")
-    marked_output = llm.invoke(marked)
+    llm.invoke(marked)  # default: the tags are literal text, nothing is steered
+    assert steer_spy.plans == []
+    parsing = llm.model_copy(update={"parse_markup": True})
+    marked_output = parsing.invoke(marked)
     assert_steered(steer_spy.plans[0].prompt_bias[0], tiny_tokenizer(), PROMPT, [FOCUS])
     assert marked_output == llm.invoke(emphasized_prompt())
 
@@ -399,25 +402,28 @@ def test_ls_params(llm: PastaLLM) -> None:
 
 
 def test_weights_load_once(monkeypatch: pytest.MonkeyPatch, model: PreTrainedModel) -> None:
+    import gc
+
     import pastalib.models
-    from langchain_pasta import _generation
+    from tests.tiny import tiny_model
 
     loads: list[str] = []
 
     def fake_load(name: str, **kwargs: Any) -> Any:
         loads.append(name)
-        return model, tiny_tokenizer()
+        return tiny_model("llama", dtype=torch.float32), tiny_tokenizer()
 
-    _generation._load_once.cache_clear()
     monkeypatch.setattr(pastalib.models, "load_model", fake_load)
-    try:
-        first = PastaLLM.from_model_id("some-local-dir", head_config=[1])
-        second = PastaLLM.from_model_id("some-local-dir", head_config=[2], alpha=0.1)
-    finally:
-        _generation._load_once.cache_clear()
+    first = PastaLLM.from_model_id("some-local-dir", head_config=[1])
+    second = PastaLLM.from_model_id("some-local-dir", head_config=[2], alpha=0.1)
     assert loads == ["some-local-dir"]
     assert first.model is second.model
     assert first.model_name == "some-local-dir"
+    # The cache holds the weights only while a model object does: no process-long leak.
+    del first, second
+    gc.collect()
+    PastaLLM.from_model_id("some-local-dir", head_config=[1])
+    assert loads == ["some-local-dir", "some-local-dir"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,7 +440,7 @@ def test_span_that_no_longer_fits_the_text(llm: PastaLLM) -> None:
 
 def test_malformed_markup_points_to_parse_markup(llm: PastaLLM, steer_spy: SteerSpy) -> None:
     with pytest.raises(MarkupError, match="parse_markup=False"):
-        llm.invoke("Use <em>bold tags")
+        llm.model_copy(update={"parse_markup": True}).invoke("Use <em>bold tags")
     verbatim = PastaLLM(
         model=llm.model,
         tokenizer=llm.tokenizer,

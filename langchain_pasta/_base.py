@@ -1,0 +1,392 @@
+"""Configuration shared by :class:`~langchain_pasta.PastaLLM` and ``ChatPasta``.
+
+Fields are validated where they enter: at construction, at ``bind`` and at call time, with
+errors that name the parameter and its accepted range. Generation itself lives in
+:mod:`pastalib.generation`; this module only turns LangChain fields and per-call keyword
+arguments into a :class:`~pastalib.generation.GenerationRequest`.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from langchain_core.runnables import Runnable
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing_extensions import Self
+
+from pastalib.errors import ParameterError
+from pastalib.generation import (
+    SAMPLING_OPTIONS,
+    GenerationRequest,
+    PastaEngine,
+    SteeringOptions,
+    check_number,
+    check_stop,
+    generation_config,
+)
+from pastalib.heads import HeadConfigSpec, model_dimensions, resolve_head_config
+from pastalib.pasta import PASTA
+from pastalib.spans import Span
+from pastalib.steering import SCALE_POSITIONS, ScalePosition, check_alpha
+
+__all__ = ["CALL_OPTIONS", "PastaParams", "shared_model"]
+
+_STEERING_KEYS = ("alpha", "scale_position", "head_config", "decode_steps")
+_GENERATION_KEYS = ("max_new_tokens", "max_tokens", "timeout", "seed", *SAMPLING_OPTIONS)
+# Keyword arguments that LangChain itself routes to a model call besides ours.
+_LANGCHAIN_KEYS = (
+    "tools",
+    "tool_choice",
+    "emphasize_tools",
+    "response_format",
+    "ls_structured_output_format",
+    "parallel_tool_calls",
+    "strict",
+    "model",
+)
+CALL_OPTIONS = frozenset((*_STEERING_KEYS, *_GENERATION_KEYS, *_LANGCHAIN_KEYS))
+"""Every keyword a call (``invoke(..., **kw)``, ``bind(**kw)``) accepts."""
+
+
+# --------------------------------------------------------------------------------------------
+# Models loaded once per process, released when no LangChain object holds them any more
+# --------------------------------------------------------------------------------------------
+
+_SHARED_LOCK = threading.Lock()
+_SHARED: dict[tuple[str, str, str], tuple[weakref.ref[PreTrainedModel], Any]] = {}
+
+
+def shared_model(
+    name_or_path: str | Path,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Loads a local model once; later calls share the same weights while any object holds them.
+
+    Args:
+        name_or_path: ``"default"``, a local HF model directory or a local ``.gguf`` file.
+        attn_implementation: ``"sdpa"`` (recommended) or ``"eager"``.
+        dtype: Weight dtype.
+
+    Returns:
+        ``(model, tokenizer)``; the cache keeps only a weak reference to the model.
+    """
+    from pastalib.models import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_ID, load_model
+
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        name = str(path.resolve())
+    else:
+        name = str(name_or_path).strip()
+        name = DEFAULT_MODEL_ID if name.lower() in DEFAULT_MODEL_ALIASES else name
+    key = (name, attn_implementation, str(dtype))
+    with _SHARED_LOCK:
+        cached = _SHARED.get(key)
+        model = cached[0]() if cached else None
+        if model is not None and cached is not None:
+            return model, cached[1]
+        model, tokenizer = load_model(name, attn_implementation=attn_implementation, dtype=dtype)
+        _SHARED[key] = (weakref.ref(model), tokenizer)
+        return model, tokenizer
+
+
+def default_head_config(model: PreTrainedModel, model_name: str = "") -> HeadConfigSpec:
+    """Every head of the last third of the layers: the fallback when no config is known."""
+    from pastalib.heads import shipped_head_configs
+
+    if model_name and model_name in shipped_head_configs():
+        return model_name
+    layers, _ = model_dimensions(model)
+    return list(range(layers - max(1, layers // 3), layers))
+
+
+# --------------------------------------------------------------------------------------------
+# Fields
+# --------------------------------------------------------------------------------------------
+
+
+class PastaParams(BaseModel):
+    """Fields and helpers shared by ``PastaLLM`` and ``ChatPasta`` (weights are never copied)."""
+
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True,
+        populate_by_name=True,
+        protected_namespaces=(),
+        extra="forbid",  # a misspelt option raises instead of being ignored
+    )
+    _ls_model_type: ClassVar[str]
+    """``"llm"`` or ``"chat"``, for LangSmith."""
+
+    model: PreTrainedModel = Field(exclude=True, repr=False)
+    """A loaded causal LM with SDPA or eager attention (shared, never copied)."""
+
+    tokenizer: PreTrainedTokenizerBase = Field(exclude=True, repr=False)
+    """Its fast tokenizer (offset mappings are needed to place the emphasis)."""
+
+    model_name: str = ""
+    """Name reported in metadata and traces; defaults to the model's ``name_or_path``."""
+
+    head_config: HeadConfigSpec | None = None
+    """Steered heads: ``{layer: [heads]}``, a list of layers, a JSON path or a shipped config
+    name. ``None``: the shipped config for ``model_name`` if any, else every head of the last
+    third of the layers."""
+
+    alpha: float = 0.01
+    """Attention to the non-emphasized prompt is multiplied by this (``exclude``); > 0."""
+
+    scale_position: ScalePosition = "exclude"
+    """``"exclude"`` scales everything but the emphasis; ``"include"`` the emphasis itself."""
+
+    decode_steps: int | None = None
+    """Steer the prefill and only this many decode steps (``None``: every step); >= 0."""
+
+    max_new_tokens: int = Field(default=256, alias="max_tokens")
+    """Most tokens generated per call (``max_tokens`` works too); >= 1."""
+
+    temperature: float = 0.0
+    """Sampling temperature; 0 is greedy decoding."""
+
+    do_sample: bool | None = None
+    """Force sampling on/off (``None``: sample iff ``temperature > 0``)."""
+
+    top_p: float | None = None
+    """Nucleus sampling mass, in (0, 1]."""
+
+    top_k: int | None = None
+    """Top-k sampling, >= 1."""
+
+    repetition_penalty: float | None = None
+    """transformers' repetition penalty, > 0."""
+
+    seed: int | None = None
+    """Seeds torch's global RNG before each sampled call, for reproducible sampling."""
+
+    stop: list[str] | None = None
+    """Default stop strings (any length); output is cut before the first one. A single string
+    is one stop sequence."""
+
+    timeout: float | None = None
+    """Wall-clock limit of one generation in seconds (transformers' ``max_time``)."""
+
+    max_retries: int = 0
+    """Accepted for LangChain compatibility; local generation is never retried."""
+
+    streaming: bool = False
+    """Stream by default in ``invoke`` (shows up in streaming callbacks)."""
+
+    parse_markup: bool = False
+    """Opt-in: read inline ``<em>...</em>`` markup in plain prompts. Off by default, because
+    prompt text may carry values (documents, user input) whose tags must stay literal."""
+
+    _engine: PastaEngine | None = PrivateAttr(default=None)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:  # one error root: report pydantic's findings as ours
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in item['loc']) or 'input'}: "
+                f"{item['msg'].removeprefix('Value error, ')}"
+                for item in error.errors()
+            )
+            raise ParameterError(f"Invalid {type(self).__name__} settings: {problems}") from None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_string(cls, value: Any) -> Any:
+        return check_stop(value) if value is not None else None
+
+    @model_validator(mode="after")
+    def _check_fields(self) -> Self:
+        fields = ("max_new_tokens", "timeout", "seed", *_STEERING_KEYS, *SAMPLING_OPTIONS[:-1])
+        _check_options({name: getattr(self, name) for name in fields})
+        check_alpha(self.alpha)
+        if not self.model_name:
+            name = getattr(self.model.config, "name_or_path", "") or type(self.model).__name__
+            self.model_name = Path(str(name)).name or str(name)
+        if self.head_config is not None:
+            layers, heads = model_dimensions(self.model)
+            resolve_head_config(self.head_config, layers, heads)  # fail at construction
+        return self
+
+    @classmethod
+    def from_model_id(
+        cls,
+        model_id: str | Path,
+        *,
+        attn_implementation: str = "sdpa",
+        dtype: torch.dtype = torch.float32,
+        **kwargs: Any,
+    ) -> Self:
+        """Builds the model from a local model directory or GGUF file (loaded once per process).
+
+        Args:
+            model_id: A local HF directory, a local ``.gguf`` file or ``"default"``. Hub ids
+                are refused: nothing is downloaded.
+            attn_implementation: ``"sdpa"`` or ``"eager"``.
+            dtype: Weight dtype.
+            **kwargs: Other fields (``head_config``, ``alpha``, ``max_new_tokens``...).
+
+        Returns:
+            The LangChain model.
+        """
+        model, tokenizer = shared_model(model_id, attn_implementation, dtype)
+        kwargs.setdefault("model_name", Path(str(model_id)).name or str(model_id))
+        return cls(model=model, tokenizer=tokenizer, **kwargs)
+
+    @classmethod
+    def from_default(cls, **kwargs: Any) -> Self:
+        """The embedded SmolLM2-135M-Instruct with its shipped head config and settings.
+
+        Args:
+            **kwargs: Other fields (``alpha``, ``max_new_tokens``...).
+
+        Returns:
+            The LangChain model.
+        """
+        from pastalib.heads import head_config_metadata, shipped_head_configs
+        from pastalib.models import DEFAULT_MODEL_ID
+
+        kwargs.setdefault("model_name", DEFAULT_MODEL_ID)
+        if DEFAULT_MODEL_ID in shipped_head_configs():
+            kwargs.setdefault("head_config", DEFAULT_MODEL_ID)
+            metadata = head_config_metadata(DEFAULT_MODEL_ID)
+            if isinstance(metadata.get("alpha"), (int, float)):
+                kwargs.setdefault("alpha", float(metadata["alpha"]))
+            if isinstance(metadata.get("decode_steps"), int):
+                kwargs.setdefault("decode_steps", metadata["decode_steps"])
+        return cls.from_model_id(DEFAULT_MODEL_ID, **kwargs)
+
+    @property
+    def engine(self) -> PastaEngine:
+        """The generation engine (built on first use; holds no per-call state)."""
+        engine = self._engine
+        if (
+            engine is None
+            or engine.model is not self.model
+            or engine.tokenizer is not self.tokenizer
+        ):
+            spec = self.head_config or default_head_config(self.model, self.model_name)
+            pasta = PASTA(
+                self.model,
+                self.tokenizer,
+                spec,
+                alpha=self.alpha,
+                scale_position=self.scale_position,
+            )
+            engine = self._engine = PastaEngine(pasta)
+        return engine
+
+    def bind(self, **kwargs: Any) -> Runnable[Any, Any]:
+        """Binds call options, validated now (``bind(max_tokens=0)`` raises here)."""
+        _check_options(kwargs)
+        return super().bind(**kwargs)  # type: ignore[misc]
+
+    def _build_request(
+        self,
+        texts: list[str],
+        spans: list[list[Span]],
+        stop: list[str] | str | None,
+        kwargs: dict[str, Any],
+        *,
+        grammar: str | None = None,
+        add_special_tokens: bool = True,
+    ) -> GenerationRequest:
+        """Merges the fields with per-call overrides (``.bind(alpha=...)``, invoke kwargs)."""
+        _check_options(kwargs)
+
+        def pick(name: str) -> Any:
+            value = kwargs.get(name)
+            return getattr(self, name) if value is None else value
+
+        max_new = kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens))
+        config = generation_config(
+            self.model,
+            max_new_tokens=max_new,
+            max_time=pick("timeout"),
+            **{key: pick(key) for key in SAMPLING_OPTIONS if key != "max_time"},
+        )
+        return GenerationRequest(
+            texts=texts,
+            spans=spans,
+            config=config,
+            stop=check_stop(stop if stop is not None else self.stop),
+            steering=SteeringOptions(**{key: pick(key) for key in _STEERING_KEYS}),
+            grammar=grammar,
+            add_special_tokens=add_special_tokens,
+            seed=pick("seed"),
+        )
+
+    def _model_name_for(self, kwargs: dict[str, Any]) -> str:
+        override = kwargs.get("model")
+        return override if isinstance(override, str) else self.model_name
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        """LangSmith parameters (``ls_model_type`` from the class's ``_ls_model_type``)."""
+        params: dict[str, Any] = {
+            "ls_provider": "pasta",
+            "ls_model_name": self._model_name_for(kwargs),
+            "ls_model_type": self._ls_model_type,
+            "ls_temperature": kwargs.get("temperature", self.temperature),
+            "ls_max_tokens": kwargs.get("max_tokens")
+            or kwargs.get("max_new_tokens")
+            or self.max_new_tokens,
+        }
+        stops = stop if stop is not None else self.stop
+        if stops:
+            params["ls_stop"] = stops
+        return params
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        """Identifying parameters (weights excluded)."""
+        return {
+            "model_name": self.model_name,
+            "head_config": self.head_config,
+            "alpha": self.alpha,
+            "scale_position": self.scale_position,
+            "decode_steps": self.decode_steps,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "do_sample": self.do_sample,
+        }
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    """Validates call options where they enter (fields, ``bind``, ``invoke`` keywords).
+
+    Raises:
+        ParameterError: An unknown keyword, or a value outside its accepted range.
+    """
+    unknown = sorted(set(options) - CALL_OPTIONS)
+    if unknown:
+        raise ParameterError(f"Unknown option(s) {unknown}; accepted: {sorted(CALL_OPTIONS)}.")
+    for name in ("max_new_tokens", "max_tokens"):
+        check_number(name, options.get(name), ">= 1", lambda v: v >= 1, integer=True)
+    check_number("temperature", options.get("temperature"), ">= 0", lambda v: v >= 0)
+    check_number("top_p", options.get("top_p"), "in (0, 1]", lambda v: 0 < v <= 1)
+    check_number("top_k", options.get("top_k"), ">= 1", lambda v: v >= 1, integer=True)
+    check_number("repetition_penalty", options.get("repetition_penalty"), "> 0", lambda v: v > 0)
+    check_number("timeout", options.get("timeout"), "> 0 seconds", lambda v: v > 0)
+    check_number("seed", options.get("seed"), ">= 0", lambda v: v >= 0, integer=True)
+    check_number(
+        "decode_steps", options.get("decode_steps"), ">= 0", lambda v: v >= 0, integer=True
+    )
+    if options.get("alpha") is not None:
+        check_alpha(options["alpha"])
+    position = options.get("scale_position")
+    if position is not None and position not in SCALE_POSITIONS:
+        raise ParameterError(f"scale_position must be one of {SCALE_POSITIONS}, got {position!r}.")
