@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from langchain_core.runnables import Runnable
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -290,7 +289,7 @@ class PastaParams(BaseModel):
             engine = self._engine = PastaEngine(pasta)
         return engine
 
-    def bind(self, **kwargs: Any) -> Runnable[Any, Any]:
+    def bind(self, **kwargs: Any) -> Any:
         """Binds call options, validated now (``bind(max_tokens=0)`` raises here)."""
         _check_options(kwargs)
         return super().bind(**kwargs)  # type: ignore[misc]

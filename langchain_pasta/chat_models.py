@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, ClassVar, Literal
 
-from jinja2.exceptions import TemplateError
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import (
@@ -21,7 +19,7 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
-from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.base import OutputParserLike
 from langchain_core.output_parsers.openai_tools import (
@@ -37,27 +35,23 @@ from pydantic import Field
 from typing_extensions import override
 
 from langchain_pasta._base import PastaParams
-from langchain_pasta._tools import (
-    TOOL_CALL_OPEN,
-    parse_tool_calls,
-    render_tool_calls,
-    render_tool_response,
-    render_tools_block,
-    tool_call_grammar,
-    tool_description_spans,
-)
-from langchain_pasta.prompts import message_spans
-from pastalib.chat import render_chat
-from pastalib.errors import ChatTemplateError
+from langchain_pasta.prompts import SPANS_KEY, message_spans
+from pastalib.chat import ChatTurn, render_conversation
+from pastalib.errors import ChatTemplateError, MarkupError, ParameterError, ParameterTypeError
 from pastalib.generation import GenerationOutput, GenerationRequest, StopBuffer
 from pastalib.grammar import json_schema_grammar
-from pastalib.markup import MarkupError, parse_emphasis
-from pastalib.spans import Span, normalize_spans
+from pastalib.markup import parse_emphasis
+from pastalib.spans import Span
+from pastalib.tools import (
+    TOOL_CALL_OPEN,
+    parse_tool_calls,
+    tool_call_grammar,
+    tool_description_spans,
+    tool_name,
+)
 
 __all__ = ["ChatPasta", "ChatTemplateError"]
 
-_MARK_OPEN, _MARK_SEP, _MARK_CLOSE = "\ue002", "\ue003", "\ue001"
-_MARKERS = re.compile(f"{_MARK_OPEN}(\\d+){_MARK_SEP}|{_MARK_CLOSE}")
 _SKIPPED_BLOCKS = {
     "tool_use",
     "tool_call",
@@ -66,23 +60,6 @@ _SKIPPED_BLOCKS = {
     "thinking",
     "reasoning",
 }
-
-
-@dataclass
-class _Turn:
-    """One message as the chat template sees it, plus its emphasis."""
-
-    role: str
-    content: str
-    spans: list[Span]
-    label: str
-    tool_calls: list[dict[str, Any]] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        turn: dict[str, Any] = {"role": self.role, "content": self.content}
-        if self.tool_calls:
-            turn["tool_calls"] = self.tool_calls
-        return turn
 
 
 @dataclass
@@ -288,7 +265,7 @@ class ChatPasta(PastaParams, BaseChatModel):
             The model with the tools bound.
 
         Raises:
-            ValueError: ``tool_choice`` names a tool that is not bound.
+            ParameterError: ``tool_choice`` names a tool that is not bound.
         """
         specs = [convert_to_openai_tool(tool) for tool in tools]
         _forced_specs(specs, tool_choice)  # validate now rather than at call time
@@ -326,19 +303,22 @@ class ChatPasta(PastaParams, BaseChatModel):
             A runnable producing the parsed output.
 
         Raises:
-            ValueError: No schema for ``json_schema``/``function_calling``, or an unknown method.
+            ParameterError: No schema for ``json_schema``/``function_calling``, or an unknown
+                method.
         """
         is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
         if method not in ("json_schema", "function_calling", "json_mode"):
-            raise ValueError(
+            raise ParameterError(
                 f"Unknown method {method!r}; use json_schema, function_calling or json_mode."
             )
         if schema is None and method != "json_mode":
-            raise ValueError(f"method={method!r} needs a schema.")
+            raise ParameterError(f"method={method!r} needs a schema.")
         spec = convert_to_openai_tool(schema) if schema is not None else None
-        trace = {"kwargs": {"method": method, "strict": strict}}
-        if schema is not None:
-            trace["schema"] = convert_to_json_schema(schema)
+        trace: dict[str, Any] = {
+            "kwargs": {"method": method, "strict": strict},
+            # core's tracing reads "schema" even for json_mode without one
+            "schema": convert_to_json_schema(schema) if schema is not None else None,
+        }
         parser: OutputParserLike
         if method == "function_calling":
             assert spec is not None
@@ -389,8 +369,8 @@ class ChatPasta(PastaParams, BaseChatModel):
         )
         message = AIMessage(
             content=content,
-            tool_calls=calls,
-            invalid_tool_calls=invalid,
+            tool_calls=[tool_call(**c) for c in calls],
+            invalid_tool_calls=[invalid_tool_call(**c) for c in invalid],
             usage_metadata=output.usage,
             response_metadata=_response_metadata(output, call.model_name),
         )
@@ -479,257 +459,61 @@ class ChatPasta(PastaParams, BaseChatModel):
             The prompt text (generation prompt included) and its emphasized spans.
 
         Raises:
-            ChatTemplateError: The template dropped or rewrote an emphasized message.
+            ChatTemplateError: No chat template, or it dropped or rewrote an emphasized message.
             SpanError: A message's spans do not fit its content.
-            TypeError: A message type the model cannot take.
-            ValueError: Non-text content, or the tokenizer has no chat template.
+            ParameterError: A message type or content block the model cannot take.
         """
-        template = self._chat_template()
-        native_tools = bool(tools) and "tools" in template
-        native_calls = "tool_calls" in template
-        native_tool_role = re.search(r"""['"]tool['"]""", template) is not None
         turns = [
-            self._turn(message, index, native_calls, native_tool_role)
+            _convert_message(message, index, self.parse_markup)
             for index, message in enumerate(messages)
         ]
-
-        def emphasized(name: str) -> bool:
-            if isinstance(emphasize_tools, bool):
-                return emphasize_tools
-            return name in emphasize_tools
-
-        template_tools: list[dict[str, Any]] | None = None
-        description_spans: list[tuple[str, str, list[Span]]] = []
-        if native_tools:
-            template_tools = []
-            for spec in tools:
-                plain, spans = tool_description_spans(spec, emphasized(_tool_name(spec)))
-                template_tools.append(plain)
-                if spans:
-                    description_spans.append(
-                        (_tool_name(spec), plain["function"]["description"], spans)
-                    )
-        elif tools:
-            block, block_spans = render_tools_block(tools, emphasized)
-            if turns and turns[0].role == "system":
-                first = turns[0]
-                separator = "\n\n" if first.content else ""
-                shift = len(first.content) + len(separator)
-                turns[0] = replace(
-                    first,
-                    content=first.content + separator + block,
-                    spans=first.spans + [(s + shift, e + shift) for s, e in block_spans],
-                )
-            else:
-                turns.insert(0, _Turn("system", block, block_spans, "the tool definitions"))
-        if self.merge_consecutive:
-            turns = _merge(turns)
-        try:
-            text = self._apply(turns, template_tools)
-        except TemplateError:
-            merged = _merge(turns)
-            if self.merge_consecutive is not None or len(merged) == len(turns):
-                raise
-            turns, text = merged, self._apply(merged, template_tools)
-        spans = self._locate(turns, text, template_tools)
-        for name, description, own in description_spans:
-            spans.extend(_locate_description(text, name, description, own))
-        return text, normalize_spans(spans, len(text))
-
-    def _chat_template(self) -> str:
-        template = getattr(self.tokenizer, "chat_template", None)
-        if isinstance(template, dict):
-            template = template.get("default") or next(iter(template.values()), None)
-        if not template:
-            raise ValueError(
-                f"The tokenizer of {self.model_name} has no chat template; set "
-                "tokenizer.chat_template, or use PastaLLM for plain text completion."
-            )
-        return str(template)
-
-    def _apply(self, turns: Sequence[_Turn], tools: list[dict[str, Any]] | None) -> str:
-        rendered = self.tokenizer.apply_chat_template(
-            [turn.as_dict() for turn in turns],
-            tools=tools,  # type: ignore[arg-type]
-            tokenize=False,
-            add_generation_prompt=True,
-            **self.chat_template_kwargs,
-        )
-        return str(rendered)
-
-    def _turn(
-        self, message: BaseMessage, index: int, native_calls: bool, native_tool_role: bool
-    ) -> _Turn:
-        label = _label(message, index)
-        spans = message_spans(message, index=index)
-        content = _text_content(message, label)
-        if isinstance(message, (HumanMessage, SystemMessage)) and not spans and self.parse_markup:
-            try:
-                content, spans = parse_emphasis(content)
-            except MarkupError as error:
-                raise MarkupError(
-                    f"{label}: {error} (ChatPasta parses <em>...</em> emphasis markup in human "
-                    "and system messages; pass parse_markup=False to send them verbatim.)",
-                    error.position,
-                ) from None
-        if isinstance(message, SystemMessage):
-            return _Turn("system", content, spans, label)
-        if isinstance(message, HumanMessage):
-            return _Turn("user", content, spans, label)
-        if isinstance(message, AIMessage):
-            if not message.tool_calls:
-                return _Turn("assistant", content, spans, label)
-            if native_calls:
-                calls = [
-                    {
-                        "id": call.get("id"),
-                        "type": "function",
-                        "function": {"name": call["name"], "arguments": call["args"]},
-                    }
-                    for call in message.tool_calls
-                ]
-                return _Turn("assistant", content, spans, label, tool_calls=calls)
-            rendered = render_tool_calls(message.tool_calls)
-            content = f"{content}\n{rendered}" if content else rendered
-            return _Turn("assistant", content, spans, label)
-        if isinstance(message, ToolMessage):
-            if native_tool_role:
-                return _Turn("tool", content, spans, label)
-            wrapped, start = render_tool_response(content)
-            return _Turn("user", wrapped, [(s + start, e + start) for s, e in spans], label)
-        if isinstance(message, ChatMessage):
-            return _Turn(message.role, content, spans, label)
-        raise TypeError(
-            f"ChatPasta cannot render {label}: {type(message).__name__} is not supported "
-            "(use system, human, AI, tool or ChatMessage messages)."
-        )
-
-    def _locate(
-        self, turns: Sequence[_Turn], text: str, tools: list[dict[str, Any]] | None
-    ) -> list[Span]:
-        """Maps each turn's spans into the rendered prompt.
-
-        Exact first: the emphasized turns are rendered again with their contents wrapped in
-        numbered private-use markers; if stripping the markers gives back the same prompt,
-        the markers give each content's position (a verbatim search could match a short
-        content inside template boilerplate). Templates that inspect the content, and so change
-        with the markers, fall back to :func:`pastalib.chat.render_chat`, which finds each
-        content verbatim, in order.
-        """
-        wanted = [i for i, turn in enumerate(turns) if turn.spans]
-        if not wanted:
-            return []
-        exact = self._locate_with_markers(turns, wanted, text, tools)
-        if exact is not None:
-            return exact
-        rendered, spans = render_chat(
+        return render_conversation(
             self.tokenizer,
-            [turn.as_dict() for turn in turns],
-            [turn.spans for turn in turns],
+            turns,
             tools=tools,
+            emphasize_tools=emphasize_tools,
+            merge_consecutive=self.merge_consecutive,
             **self.chat_template_kwargs,
         )
-        if rendered != text:  # a template that does not render deterministically
-            raise ChatTemplateError(
-                "The chat template rendered the conversation differently twice."
-            )
-        return spans
 
-    def _locate_with_markers(
-        self,
-        turns: Sequence[_Turn],
-        wanted: list[int],
-        text: str,
-        tools: list[dict[str, Any]] | None,
-    ) -> list[Span] | None:
-        if any(
-            mark in turn.content for turn in turns for mark in (_MARK_OPEN, _MARK_SEP, _MARK_CLOSE)
-        ):
-            return None
-        marked = [
-            replace(turn, content=f"{_MARK_OPEN}{i}{_MARK_SEP}{turn.content}{_MARK_CLOSE}")
-            if i in wanted
-            else turn
-            for i, turn in enumerate(turns)
-        ]
+
+def _convert_message(message: BaseMessage, index: int, parse_markup: bool) -> ChatTurn:
+    """The one conversion of a LangChain message into a turn for :mod:`pastalib.chat`.
+
+    Emphasis comes only from spans the message carries (templates, ``emphasized_message``);
+    ``<em>`` markup in a message's text is read only with ``parse_markup=True`` and only in a
+    message that carries no resolved spans, so template values stay literal.
+    """
+    label = _label(message, index)
+    spans = message_spans(message, index=index)
+    content = _text_content(message, label)
+    resolved = SPANS_KEY in message.additional_kwargs
+    if parse_markup and not resolved and isinstance(message, (HumanMessage, SystemMessage)):
         try:
-            rendered = self._apply(marked, tools)
-        except Exception:  # the template reacts to the markers: use the fallback
-            return None
-        plain, positions = _strip_markers(rendered)
-        if plain != text or positions is None:
-            return None
-        spans: list[Span] = []
-        for i in wanted:
-            turn = turns[i]
-            if i not in positions:
-                raise ChatTemplateError(
-                    f"The chat template dropped {turn.label}, so its emphasis cannot be placed "
-                    "(check the template's handling of that role or position)."
-                )
-            start, end = positions[i]
-            if end - start != len(turn.content) or text[start:end] != turn.content:
-                return None  # rewritten: let the verbatim search decide
-            spans.extend((start + s, start + e) for s, e in turn.spans)
-        return spans
-
-
-def _strip_markers(rendered: str) -> tuple[str, dict[int, tuple[int, int]] | None]:
-    """Removes the numbered markers; returns the text and each marked content's position."""
-    out: list[str] = []
-    length = 0
-    last = 0
-    opened: list[tuple[int, int]] = []
-    positions: dict[int, tuple[int, int]] = {}
-    valid = True
-    for match in _MARKERS.finditer(rendered):
-        piece = rendered[last : match.start()]
-        out.append(piece)
-        length += len(piece)
-        last = match.end()
-        if match.group(1) is not None:
-            opened.append((int(match.group(1)), length))
-        elif opened:
-            index, start = opened.pop()
-            valid = valid and index not in positions  # rendered twice: ambiguous
-            positions[index] = (start, length)
-        else:
-            valid = False
-    out.append(rendered[last:])
-    return "".join(out), (positions if valid and not opened else None)
-
-
-def _merge(turns: Sequence[_Turn]) -> list[_Turn]:
-    """Joins consecutive same-role turns with a blank line, shifting their spans."""
-    merged: list[_Turn] = []
-    for turn in turns:
-        if merged and merged[-1].role == turn.role:
-            previous = merged[-1]
-            shift = len(previous.content) + 2
-            merged[-1] = _Turn(
-                role=previous.role,
-                content=f"{previous.content}\n\n{turn.content}",
-                spans=previous.spans + [(s + shift, e + shift) for s, e in turn.spans],
-                label=f"{previous.label} + {turn.label}",
-                tool_calls=(previous.tool_calls or []) + (turn.tool_calls or []) or None,
-            )
-        else:
-            merged.append(turn)
-    return merged
-
-
-def _locate_description(text: str, name: str, description: str, spans: list[Span]) -> list[Span]:
-    """Finds a natively rendered tool description (JSON-escaped or raw) and maps its spans."""
-    for escape in (lambda s: json.dumps(s, ensure_ascii=False)[1:-1], lambda s: s):
-        position = text.find(escape(description))
-        if position != -1:
-            return [
-                (position + len(escape(description[:s])), position + len(escape(description[:e])))
-                for s, e in spans
-            ]
-    raise ChatTemplateError(
-        f"The chat template did not render the description of tool {name!r} verbatim, so "
-        "its emphasis cannot be placed."
+            content, spans = parse_emphasis(content)
+        except MarkupError as error:
+            raise MarkupError(
+                f"{label}: {error} (parse_markup=True reads <em>...</em> markup in human and "
+                "system messages; pass parse_markup=False to send them verbatim.)",
+                error.position,
+            ) from None
+    if isinstance(message, SystemMessage):
+        return ChatTurn("system", content, spans, label)
+    if isinstance(message, HumanMessage):
+        return ChatTurn("user", content, spans, label)
+    if isinstance(message, AIMessage):
+        calls = [
+            {"id": call.get("id"), "name": call["name"], "args": call["args"]}
+            for call in message.tool_calls
+        ]
+        return ChatTurn("assistant", content, spans, label, tool_calls=calls or None)
+    if isinstance(message, ToolMessage):
+        return ChatTurn("tool", content, spans, label)
+    if isinstance(message, ChatMessage):
+        return ChatTurn(message.role, content, spans, label)
+    raise ParameterTypeError(
+        f"ChatPasta cannot render {label}: {type(message).__name__} is not supported "
+        "(use system, human, AI, tool or ChatMessage messages)."
     )
 
 
@@ -753,14 +537,10 @@ def _text_content(message: BaseMessage, label: str) -> str:
         if kind == "text":
             parts.append(str(block.get("text", "")))
         elif kind not in _SKIPPED_BLOCKS:
-            raise ValueError(
+            raise ParameterError(
                 f"ChatPasta takes text only, but {label} has a {kind!r} content block."
             )
     return "".join(parts)
-
-
-def _tool_name(spec: Mapping[str, Any]) -> str:
-    return str(spec.get("function", {}).get("name", ""))
 
 
 def _forced_specs(
@@ -775,11 +555,11 @@ def _forced_specs(
         name = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
     else:
         name = tool_choice
-    chosen = [spec for spec in specs if _tool_name(spec) == name]
+    chosen = [spec for spec in specs if tool_name(spec) == name]
     if not chosen:
-        raise ValueError(
+        raise ParameterError(
             f"tool_choice {tool_choice!r} names no bound tool; bound: "
-            f"{[_tool_name(spec) for spec in specs]}."
+            f"{[tool_name(spec) for spec in specs]}."
         )
     return chosen
 
@@ -795,4 +575,8 @@ def _response_schema(response_format: Mapping[str, Any]) -> dict[str, Any] | Non
 
 
 def _response_metadata(output: GenerationOutput, model_name: str) -> dict[str, Any]:
-    return {"model_name": model_name, "finish_reason": output.finish_reason}
+    return {
+        "model_name": model_name,
+        "model_provider": "pasta",
+        "finish_reason": output.finish_reason,
+    }

@@ -16,6 +16,7 @@ __all__ = [
     "MarkupError",
     "ModelNotAvailableError",
     "ParameterError",
+    "ParameterTypeError",
     "PastaError",
     "SpanError",
     "SteeringError",
@@ -29,6 +30,10 @@ class PastaError(Exception):
 
 class ParameterError(PastaError, ValueError):
     """A parameter outside its accepted type or range (the message names both)."""
+
+
+class ParameterTypeError(ParameterError, TypeError):
+    """A parameter or input of a type that is not accepted (also a ``TypeError``)."""
 
 
 class SpanError(PastaError, ValueError):

@@ -481,7 +481,8 @@ class PastaEngine:
         pending: asyncio.Future[Any] | None = None
         try:
             while True:
-                pending = loop.run_in_executor(None, context.run, next, iterator, done)
+                step: Any = context.run
+                pending = loop.run_in_executor(None, step, next, iterator, done)
                 item = await pending
                 pending = None
                 if item is done:

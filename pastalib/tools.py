@@ -1,4 +1,4 @@
-r"""Tool rendering, tool-call parsing and output grammars for ``ChatPasta``.
+r"""Tool rendering, tool-call parsing and output grammars, for any chat front end.
 
 Tools use the Hermes/Qwen convention that many small instruct models were tuned on. When the
 chat template does not render tools itself, this block is added to the system message::
@@ -30,12 +30,8 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from langchain_core.messages import InvalidToolCall, ToolCall
-from langchain_core.messages.tool import invalid_tool_call, tool_call
-
-from pastalib.grammar import constrained_schema
 from pastalib.markup import parse_emphasis
-from pastalib.spans import Span, normalize_spans
+from pastalib.spans import Markers, Span, normalize_spans
 
 __all__ = [
     "TOOL_CALL_CLOSE",
@@ -45,6 +41,8 @@ __all__ = [
     "render_tool_response",
     "render_tools_block",
     "tool_call_grammar",
+    "tool_description_spans",
+    "tool_name",
 ]
 
 TOOL_CALL_OPEN = "<tool_call>"
@@ -60,7 +58,6 @@ _FOOTER = (
     "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
     '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
 )
-_OPEN, _CLOSE = "\ue000", "\ue001"
 _BLOCK = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)" + re.escape(TOOL_CALL_CLOSE), re.DOTALL)
 
 
@@ -85,46 +82,39 @@ def tool_description_spans(
     return {**spec, "function": function}, spans
 
 
+def tool_name(spec: Mapping[str, Any]) -> str:
+    """The function name of an OpenAI-format tool."""
+    return str(spec.get("function", {}).get("name", ""))
+
+
 def render_tools_block(
     specs: Sequence[Mapping[str, Any]], emphasized: Callable[[str], bool]
 ) -> tuple[str, list[Span]]:
     """Renders tools for the system message, with the emphasized description spans.
 
     Args:
-        specs: OpenAI-format tools; descriptions may hold ``<em>`` markup.
+        specs: OpenAI-format tools; descriptions may hold ``<em>`` markup (the developer's
+            own text, like a template's).
         emphasized: Whether a tool (by name) has its whole description emphasized.
 
     Returns:
         The tools block and the spans of emphasized description text within it.
     """
+    markers = Markers()
     lines = []
+    key = 0
     for spec in specs:
-        name = spec.get("function", {}).get("name", "")
-        plain, spans = tool_description_spans(spec, emphasized(name))
+        plain, spans = tool_description_spans(spec, emphasized(tool_name(spec)))
         description = plain["function"]["description"]
-        # Sentinels survive json.dumps (ensure_ascii=False) so escaping cannot shift spans.
+        # Markers survive json.dumps (ensure_ascii=False), so escaping cannot shift spans.
         for start, end in reversed(spans):
-            description = (
-                description[:start] + _OPEN + description[start:end] + _CLOSE + description[end:]
-            )
+            marked = markers.wrap(key, description[start:end])
+            description = description[:start] + marked + description[end:]
+            key += 1
         plain["function"]["description"] = description
         lines.append(json.dumps(plain, ensure_ascii=False))
-    marked = _HEADER + "\n".join(lines) + _FOOTER
-    return _strip_sentinels(marked)
-
-
-def _strip_sentinels(marked: str) -> tuple[str, list[Span]]:
-    out: list[str] = []
-    spans: list[Span] = []
-    start = 0
-    for char in marked:
-        if char == _OPEN:
-            start = len(out)
-        elif char == _CLOSE:
-            spans.append((start, len(out)))
-        else:
-            out.append(char)
-    return "".join(out), normalize_spans([s for s in spans if s[1] > s[0]])
+    text, regions = markers.strip(_HEADER + "\n".join(lines) + _FOOTER)
+    return text, normalize_spans([span for found in regions.values() for span in found])
 
 
 def render_tool_calls(calls: Sequence[Mapping[str, Any]]) -> str:
@@ -142,19 +132,19 @@ def render_tool_response(content: str) -> tuple[str, int]:
     return f"{TOOL_RESPONSE_OPEN}{content}{TOOL_RESPONSE_CLOSE}", len(TOOL_RESPONSE_OPEN)
 
 
-def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
+def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """Splits model output into content and ``<tool_call>`` blocks.
 
     Args:
         text: The generated text.
 
     Returns:
-        The text without tool-call blocks, the parsed tool calls, and the blocks that are not
-        a JSON object with a string ``name`` (``arguments`` or ``parameters`` may hold the
-        arguments).
+        The text without tool-call blocks; the parsed calls (``name``, ``args``, ``id``); and
+        the blocks that are not a JSON object with a string ``name`` (``name``, ``args``,
+        ``id``, ``error``). ``arguments`` or ``parameters`` may hold the arguments.
     """
-    calls: list[ToolCall] = []
-    invalid: list[InvalidToolCall] = []
+    calls: list[dict[str, Any]] = []
+    invalid: list[dict[str, Any]] = []
     pieces: list[str] = []
     last = 0
     matches = list(_BLOCK.finditer(text))
@@ -166,7 +156,7 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidToolCa
         try:
             data = json.loads(body)
         except json.JSONDecodeError as error:
-            invalid.append(invalid_tool_call(name=None, args=body, id=call_id, error=str(error)))
+            invalid.append({"name": None, "args": body, "id": call_id, "error": str(error)})
             continue
         arguments = (
             data.get("arguments", data.get("parameters", {})) if isinstance(data, dict) else None
@@ -177,15 +167,15 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidToolCa
             or not isinstance(arguments, dict)
         ):
             invalid.append(
-                invalid_tool_call(
-                    name=data.get("name") if isinstance(data, dict) else None,
-                    args=body,
-                    id=call_id,
-                    error='Expected {"name": <string>, "arguments": <object>}.',
-                )
+                {
+                    "name": data.get("name") if isinstance(data, dict) else None,
+                    "args": body,
+                    "id": call_id,
+                    "error": 'Expected {"name": <string>, "arguments": <object>}.',
+                }
             )
             continue
-        calls.append(tool_call(name=data["name"], args=arguments, id=call_id))
+        calls.append({"name": data["name"], "args": arguments, "id": call_id})
     pieces.append(text[last:])
     content = "".join(pieces)
     # An unterminated block (output cut by max_new_tokens) is reported, not shown as content.
@@ -193,12 +183,12 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidToolCa
     if cut != -1:
         body = content[cut + len(TOOL_CALL_OPEN) :].strip()
         invalid.append(
-            invalid_tool_call(
-                name=None,
-                args=body,
-                id=f"call_{uuid.uuid4().hex[:24]}",
-                error="Unterminated <tool_call> block (output cut off?).",
-            )
+            {
+                "name": None,
+                "args": body,
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "error": "Unterminated <tool_call> block (output cut off?).",
+            }
         )
         content = content[:cut]
     if calls or invalid:
@@ -209,6 +199,8 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidToolCa
 def tool_call_grammar(specs: Sequence[Mapping[str, Any]]) -> str:
     """An llguidance grammar for exactly one ``<tool_call>`` block calling one of ``specs``."""
     import llguidance
+
+    from pastalib.grammar import constrained_schema
 
     options = []
     for spec in specs:
