@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from operator import itemgetter
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -27,7 +32,7 @@ from langchain_core.output_parsers.openai_tools import (
     PydanticToolsParser,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
@@ -52,6 +57,10 @@ from pastalib.tools import (
 
 __all__ = ["ChatPasta", "ChatTemplateError"]
 
+# Outputs of the batched generate call for the inputs of the running ``batch``/``abatch``.
+_BATCH_OUTPUTS: ContextVar[Mapping[Any, GenerationOutput]] = ContextVar(
+    "pasta_batch_outputs", default=MappingProxyType({})
+)
 _SKIPPED_BLOCKS = {
     "tool_use",
     "tool_call",
@@ -353,6 +362,82 @@ class ChatPasta(PastaParams, BaseChatModel):
             [fallback], exception_key="parsing_error"
         )
 
+    # -- batching ------------------------------------------------------------------------------
+
+    @override
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """Runs the inputs as one left-padded batched ``generate`` call per output format.
+
+        Callbacks, tracing and per-input errors behave as in ``invoke``: the batched outputs
+        are computed first and each input's ``invoke`` picks up its own.
+        """
+        with self._batched(inputs, kwargs):
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    @override
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """Async :meth:`batch`: one batched ``generate`` call, run in an executor."""
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        outputs = await loop.run_in_executor(None, context.run, self._batch_outputs, inputs, kwargs)
+        token = _BATCH_OUTPUTS.set(outputs)
+        try:
+            return await super().abatch(
+                inputs, config, return_exceptions=return_exceptions, **kwargs
+            )
+        finally:
+            _BATCH_OUTPUTS.reset(token)
+
+    @contextlib.contextmanager
+    def _batched(self, inputs: list[LanguageModelInput], kwargs: dict[str, Any]) -> Iterator[None]:
+        token = _BATCH_OUTPUTS.set(self._batch_outputs(inputs, kwargs))
+        try:
+            yield
+        finally:
+            _BATCH_OUTPUTS.reset(token)
+
+    def _batch_outputs(
+        self, inputs: list[LanguageModelInput], kwargs: dict[str, Any]
+    ) -> dict[Any, GenerationOutput]:
+        """Generates every input's output, grouping rows that share an output grammar."""
+        if len(inputs) < 2:
+            return {}
+        try:
+            calls = [
+                self._prepare_call(self._convert_input(item).to_messages(), None, dict(kwargs))
+                for item in inputs
+            ]
+        except Exception:  # the input's own invoke reports it, like an unbatched call
+            return {}
+        groups: dict[Any, list[_Call]] = {}
+        for call in calls:
+            groups.setdefault(call.request.grammar, []).append(call)
+        outputs: dict[Any, GenerationOutput] = {}
+        for group in groups.values():
+            first = group[0].request
+            unique = {_batch_key(call): call for call in group}
+            request = replace(
+                first,
+                texts=[call.request.texts[0] for call in unique.values()],
+                spans=[call.request.spans[0] for call in unique.values()],
+            )
+            outputs.update(zip(unique, self.engine.generate(request), strict=True))
+        return outputs
+
     # -- generation ----------------------------------------------------------------------------
 
     def _generate(
@@ -363,7 +448,7 @@ class ChatPasta(PastaParams, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         call = self._prepare_call(messages, stop, kwargs)
-        output = self.engine.generate(call.request)[0]
+        output = _BATCH_OUTPUTS.get().get(_batch_key(call)) or self.engine.generate(call.request)[0]
         content, calls, invalid = (
             parse_tool_calls(output.text) if call.parse_tools else (output.text, [], [])
         )
@@ -541,6 +626,17 @@ def _text_content(message: BaseMessage, label: str) -> str:
                 f"ChatPasta takes text only, but {label} has a {kind!r} content block."
             )
     return "".join(parts)
+
+
+def _batch_key(call: _Call) -> tuple[Any, ...]:
+    """What makes two calls' outputs interchangeable inside one batch."""
+    request = call.request
+    return (
+        request.texts[0],
+        tuple(map(tuple, request.spans[0])),
+        request.grammar,
+        call.parse_tools,
+    )
 
 
 def _forced_specs(
