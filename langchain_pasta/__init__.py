@@ -19,6 +19,7 @@ from langchain_pasta.prompts import (
     emphasized_message,
     message_spans,
 )
+from pastalib import __version__ as __version__
 
 __all__ = [
     "SPANS_KEY",

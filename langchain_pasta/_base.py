@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -39,7 +40,7 @@ from pastalib.generation import (
 from pastalib.heads import HeadConfigSpec, model_dimensions, resolve_head_config
 from pastalib.pasta import PASTA
 from pastalib.spans import Span
-from pastalib.steering import SCALE_POSITIONS, ScalePosition, check_alpha
+from pastalib.steering import SCALE_POSITIONS, ScalePosition
 
 __all__ = ["CALL_OPTIONS", "PastaParams", "shared_model"]
 
@@ -116,21 +117,25 @@ def default_head_config(model: PreTrainedModel, model_name: str = "") -> HeadCon
 # Fields
 # --------------------------------------------------------------------------------------------
 
+MODEL_CONFIG = ConfigDict(
+    arbitrary_types_allowed=True,
+    populate_by_name=True,
+    protected_namespaces=(),
+    extra="forbid",  # a misspelt option raises instead of being ignored
+)
+"""pydantic settings of both model classes (set on each: LangChain's bases say "ignore")."""
+
 
 class PastaParams(BaseModel):
     """Fields and helpers shared by ``PastaLLM`` and ``ChatPasta`` (weights are never copied)."""
 
-    model_config = ConfigDict(
-        arbitrary_types_allowed=True,
-        populate_by_name=True,
-        protected_namespaces=(),
-        extra="forbid",  # a misspelt option raises instead of being ignored
-    )
+    model_config = MODEL_CONFIG
     _ls_model_type: ClassVar[str]
     """``"llm"`` or ``"chat"``, for LangSmith."""
 
     model: PreTrainedModel = Field(exclude=True, repr=False)
-    """A loaded causal LM with SDPA or eager attention (shared, never copied)."""
+    """A loaded causal LM with SDPA or eager attention (shared, never copied), or ``"default"``
+    or a local model directory / ``.gguf`` path to load."""
 
     tokenizer: PreTrainedTokenizerBase = Field(exclude=True, repr=False)
     """Its fast tokenizer (offset mappings are needed to place the emphasis)."""
@@ -183,6 +188,9 @@ class PastaParams(BaseModel):
     max_retries: int = 0
     """Accepted for LangChain compatibility; local generation is never retried."""
 
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    """Accepted for LangChain compatibility; a local model needs no key."""
+
     streaming: bool = False
     """Stream by default in ``invoke`` (shows up in streaming callbacks)."""
 
@@ -203,6 +211,20 @@ class PastaParams(BaseModel):
             )
             raise ParameterError(f"Invalid {type(self).__name__} settings: {problems}") from None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _load_named_model(cls, data: Any) -> Any:
+        """``model`` may be ``"default"`` or a local path: it is loaded (once per process)."""
+        if isinstance(data, dict):  # check values under the names the caller used
+            _check_options({key: value for key, value in data.items() if key in CALL_OPTIONS})
+        if isinstance(data, dict) and isinstance(data.get("model"), (str, Path)):
+            name = data["model"]
+            model, tokenizer = shared_model(name)
+            data = {**data, "model": model}
+            data.setdefault("tokenizer", tokenizer)
+            data.setdefault("model_name", Path(str(name)).name or str(name))
+        return data
+
     @field_validator("stop", mode="before")
     @classmethod
     def _one_stop_string(cls, value: Any) -> Any:
@@ -212,7 +234,6 @@ class PastaParams(BaseModel):
     def _check_fields(self) -> Self:
         fields = ("max_new_tokens", "timeout", "seed", *_STEERING_KEYS, *SAMPLING_OPTIONS[:-1])
         _check_options({name: getattr(self, name) for name in fields})
-        check_alpha(self.alpha)
         if not self.model_name:
             name = getattr(self.model.config, "name_or_path", "") or type(self.model).__name__
             self.model_name = Path(str(name)).name or str(name)
@@ -288,6 +309,10 @@ class PastaParams(BaseModel):
             )
             engine = self._engine = PastaEngine(pasta)
         return engine
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` from the model's own tokenizer (no special tokens added)."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def bind(self, **kwargs: Any) -> Any:
         """Binds call options, validated now (``bind(max_tokens=0)`` raises here)."""
@@ -384,8 +409,7 @@ def _check_options(options: dict[str, Any]) -> None:
     check_number(
         "decode_steps", options.get("decode_steps"), ">= 0", lambda v: v >= 0, integer=True
     )
-    if options.get("alpha") is not None:
-        check_alpha(options["alpha"])
+    check_number("alpha", options.get("alpha"), "> 0", lambda v: v > 0)
     position = options.get("scale_position")
     if position is not None and position not in SCALE_POSITIONS:
         raise ParameterError(f"scale_position must be one of {SCALE_POSITIONS}, got {position!r}.")

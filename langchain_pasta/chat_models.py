@@ -39,7 +39,7 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import Field
 from typing_extensions import override
 
-from langchain_pasta._base import PastaParams
+from langchain_pasta._base import MODEL_CONFIG, PastaParams
 from langchain_pasta.prompts import SPANS_KEY, message_spans
 from pastalib.chat import ChatTurn, render_conversation
 from pastalib.errors import ChatTemplateError, MarkupError, ParameterError, ParameterTypeError
@@ -239,6 +239,7 @@ class ChatPasta(PastaParams, BaseChatModel):
     emphasize_tools: bool | list[str] = False
     """Emphasize the descriptions of all bound tools (``True``) or of the named ones."""
 
+    model_config = MODEL_CONFIG
     _ls_model_type: ClassVar[str] = "chat"
 
     @property
@@ -524,6 +525,22 @@ class ChatPasta(PastaParams, BaseChatModel):
         )
         return _Call(request, parse_tools=bool(tools), model_name=self._model_name_for(kwargs))
 
+    # -- token counting ------------------------------------------------------------------------
+
+    @override
+    def get_num_tokens_from_messages(
+        self,
+        messages: list[BaseMessage],
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool] | None = None,
+    ) -> int:
+        """Tokens of the conversation as the chat template renders it (no network access).
+
+        The assistant-turn opener is not counted, so counts add up over ``trim_messages``.
+        """
+        specs = [convert_to_openai_tool(tool) for tool in tools or ()]
+        text, _ = self.render(messages, tools=specs, add_generation_prompt=False)
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
     # -- rendering -----------------------------------------------------------------------------
 
     def render(
@@ -532,6 +549,7 @@ class ChatPasta(PastaParams, BaseChatModel):
         *,
         tools: Sequence[Mapping[str, Any]] = (),
         emphasize_tools: bool | Sequence[str] = False,
+        add_generation_prompt: bool = True,
     ) -> tuple[str, list[Span]]:
         """Renders the conversation with the chat template and places its emphasis.
 
@@ -539,6 +557,7 @@ class ChatPasta(PastaParams, BaseChatModel):
             messages: The conversation.
             tools: OpenAI-format tools to show the model.
             emphasize_tools: Emphasize all tool descriptions or the named tools'.
+            add_generation_prompt: Append the assistant turn opener.
 
         Returns:
             The prompt text (generation prompt included) and its emphasized spans.
@@ -558,6 +577,7 @@ class ChatPasta(PastaParams, BaseChatModel):
             tools=tools,
             emphasize_tools=emphasize_tools,
             merge_consecutive=self.merge_consecutive,
+            add_generation_prompt=add_generation_prompt,
             **self.chat_template_kwargs,
         )
 

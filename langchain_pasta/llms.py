@@ -19,7 +19,7 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import Field
 from typing_extensions import override
 
-from langchain_pasta._base import PastaParams
+from langchain_pasta._base import MODEL_CONFIG, PastaParams
 from langchain_pasta.prompts import EmphasizedPromptValue, message_spans
 from pastalib.generation import GenerationOutput
 from pastalib.markup import MarkupError, parse_emphasis
@@ -99,6 +99,7 @@ class PastaLLM(PastaParams, BaseLLM):
     cache: BaseCache | bool | None = Field(default=False, exclude=True)
     """LangChain LLM cache; off by default because its key ignores the emphasis spans."""
 
+    model_config = MODEL_CONFIG
     _ls_model_type: ClassVar[str] = "llm"
 
     @property
