@@ -1,8 +1,9 @@
-"""An LCEL chain whose prompt emphasizes one instruction (PastaLLM, embedded SmolLM2-135M).
+"""An LCEL chain whose prompt emphasizes the newest fact (PastaLLM, embedded SmolLM2-135M).
 
-``EmphasizedPromptTemplate`` marks the instruction with ``<em>...</em>``; the template's
-output keeps that emphasis as spans, ``PastaLLM`` steers the attention to it, and the string
-parser at the end of the chain sees a plain string. Run:
+``EmphasizedPromptTemplate`` marks the fact with ``<em>...</em>`` in the template's own text
+(values filled in later are never emphasized); ``PastaLLM`` steers the attention to it, and the
+string parser at the end of the chain sees a plain string. Unsteered, the 135M model gives no
+answer here; steered, it answers with the emphasized fact. Run:
 
     python examples/lcel_chain.py
 """
@@ -14,22 +15,20 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_pasta import EmphasizedPromptTemplate, PastaLLM
 
 PROMPT = EmphasizedPromptTemplate.from_template(
-    "{context}\n<em>Answer in French.</em>\nQuestion: {question}\nAnswer:"
+    "{name} lived in Paris for ten years. <em>Last month {name} moved to Berlin.</em>\n"
+    "Question: {question}\nAnswer:"
 )
-INPUTS = {
-    "context": "Mary is a doctor. She lives in Oslo and works at the city hospital.",
-    "question": "What is Mary's job?",
-}
+INPUTS = {"name": "Alice", "question": "Where does Alice live now?"}
 
 
 def main() -> None:
-    llm = PastaLLM.from_default(max_new_tokens=24, stop=["\nQuestion:", "\n\n"])
+    llm = PastaLLM.from_default(max_new_tokens=20, stop=["\nQuestion:", "\n\n"])
     chain = PROMPT | llm | StrOutputParser()
     # alpha=1 multiplies attention by one: the same chain, unsteered.
     unsteered = PROMPT | llm.bind(alpha=1.0) | StrOutputParser()
     print("prompt:", PROMPT.format(**INPUTS).replace("\n", " | "))
-    print("steered:", chain.invoke(INPUTS).strip())
-    print("unsteered:", unsteered.invoke(INPUTS).strip())
+    print("steered:", " ".join(chain.invoke(INPUTS).split()))
+    print("unsteered:", " ".join(unsteered.invoke(INPUTS).split()))
 
 
 if __name__ == "__main__":

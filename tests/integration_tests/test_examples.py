@@ -48,18 +48,20 @@ def test_every_example_is_tested() -> None:
 
 
 def test_lcel_chain() -> None:
+    """The example's claim: steered answers with the emphasized fact, unsteered does not."""
     lines = run_example("lcel_chain.py")
-    assert "Answer in French." in lines["prompt"]
+    assert "Last month Alice moved to Berlin." in lines["prompt"]
     assert "<em>" not in lines["prompt"]
-    assert lines["steered"] and lines["unsteered"]
+    assert "Berlin" in lines["steered"]
+    assert "Berlin" not in lines["unsteered"]
 
 
 def test_chat_system_prompt() -> None:
+    """The example's claim: steered gives the new day only, unsteered mixes in the old one."""
     lines = run_example("chat_system_prompt.py")
-    assert ast.literal_eval(lines["emphasized"]) == [
-        "Always answer in one short sentence, in French."
-    ]
-    assert lines["steered"] and lines["unsteered"]
+    assert ast.literal_eval(lines["emphasized"]) == ["The meeting has been moved to Thursday."]
+    assert "Thursday" in lines["steered"] and "Monday" not in lines["steered"]
+    assert "Monday" in lines["unsteered"]
 
 
 def test_agent_tools() -> None:
