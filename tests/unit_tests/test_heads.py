@@ -219,14 +219,15 @@ def test_huge_range_fails_before_expansion() -> None:
 
 
 def test_dataclass_validates_itself() -> None:
-    assert HeadConfig({"1": [2, 0]}, alpha=1).heads == {1: (0, 2)}
-    for kwargs, message in [
+    assert HeadConfig({"1": [2, 0]}, alpha=1).heads == {1: (0, 2)}  # type: ignore[dict-item]
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"heads": {}}, "empty"),
         ({"heads": [1, 2]}, "heads must be a mapping"),
         ({"heads": {1: [0]}, "alpha": float("nan")}, "alpha must be > 0"),
         ({"heads": {1: [0]}, "decode_steps": -1}, "decode_steps must be an integer >= 0"),
         ({"heads": {1: [0]}, "decode_steps": True}, "decode_steps must be an integer"),
-    ]:
+    ]
+    for kwargs, message in cases:
         with pytest.raises(HeadConfigError, match=message):
             HeadConfig(**kwargs)
 
