@@ -243,8 +243,9 @@ def _layer_range(text: str, num_layers: int | None) -> range | None:
 
 def _not_found(text: str) -> HeadConfigError:
     hint = " A layer range is written 'layers:FIRST-LAST'." if text.startswith("layers:") else ""
+    name = repr(text) if len(text) <= 200 else f"{text[:200]!r}... ({len(text)} characters)"
     return _fail(
-        f"No head config file or shipped config named {text!r}.{hint} Shipped configs: "
+        f"No head config file or shipped config named {name}.{hint} Shipped configs: "
         f"{sorted(shipped_head_configs()) or 'none'}; a string may end in @ALPHA "
         "(e.g. 'layers:18-29@0.3')."
     )
@@ -252,8 +253,11 @@ def _not_found(text: str) -> HeadConfigError:
 
 def _read_document(text: str) -> tuple[Any, Path] | None:
     """The parsed JSON of a shipped name or file path, or None when neither exists."""
-    path = shipped_head_configs().get(text, Path(text).expanduser())
-    if not path.is_file():
+    try:
+        path = shipped_head_configs().get(text, Path(text).expanduser())
+        if not path.is_file():
+            return None
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte...
         return None
     try:
         return json.loads(path.read_text(encoding="utf-8")), path

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pastalib import _integrity
-from pastalib.errors import ModelNotAvailableError
+from pastalib.errors import ModelNotAvailableError, ParameterError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -408,12 +408,22 @@ def resolve_model_dir(name_or_path: str | Path, *, progress: bool = True) -> Pat
         A directory that ``from_pretrained(..., local_files_only=True)`` can load.
 
     Raises:
+        ParameterError: ``name_or_path`` is not a non-empty string or path.
         ModelNotAvailableError: The name is not one of the above (e.g. a Hub id).
     """
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise ParameterError(
+            f"model must be a local directory, a .gguf file or {DEFAULT_MODEL_ID!r} / 'default' "
+            f"(a non-empty str or path), got {name_or_path!r}."
+        )
     if isinstance(name_or_path, str) and name_or_path.strip().lower() in DEFAULT_MODEL_ALIASES:
         return prepare_default_model(progress=progress)
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
+    try:
+        path = Path(name_or_path).expanduser()
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except (OSError, RuntimeError, ValueError):  # too long, unknown ~user, NUL byte...
+        path, is_dir, is_file = Path(name_or_path), False, False
+    if is_dir:
         if _is_default_dir(path):  # the embedded model by its path: same checks and rebuild
             return prepare_default_model(progress=progress)
         if (path / _MARKER_NAME).exists():  # another converted cache directory
@@ -425,14 +435,16 @@ def resolve_model_dir(name_or_path: str | Path, *, progress: bool = True) -> Pat
             f"{path} is a directory without config.json; expected a Hugging Face model "
             "directory (config.json, weights, tokenizer files)."
         )
-    if path.is_file():
+    if is_file:
         if path.suffix.lower() == ".gguf":
             return prepare_gguf_model(path, progress=progress)
         raise ModelNotAvailableError(
             f"{path} is a file but not a .gguf file; pass a model directory or a GGUF file."
         )
+    shown = str(name_or_path)
+    shown = repr(shown) if len(shown) <= 200 else f"{shown[:200]!r}... ({len(shown)} characters)"
     raise ModelNotAvailableError(
-        f"Model {str(name_or_path)!r} not found. langchain-pasta works offline and never "
+        f"Model {shown} not found. langchain-pasta works offline and never "
         "downloads from the Hugging Face Hub: only local model directories, local .gguf files "
         f"and the embedded default ({DEFAULT_MODEL_ID!r} or 'default') are supported. Download "
         "the model yourself (e.g. `hf download <repo> --local-dir <dir>`) and pass <dir>."

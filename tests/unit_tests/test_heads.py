@@ -174,6 +174,12 @@ BAD: list[tuple[Any, str]] = [
     (None, "unsupported head config type NoneType"),
     (b"layers:1-2", "unsupported head config type bytes"),
     ("layers:" + "9" * 5000 + "-" + "9" * 5000, "too long"),
+    ("x" * 10000, r"No head config file or shipped config named 'x+'\.\.\. \(10000 characters\)"),
+    ("x" * 10000 + "@0.2", "No head config file"),
+    ("a\0b", "No head config file"),
+    ("", "No head config file or shipped config named ''"),
+    ("@0.2", "No head config file or shipped config named ''"),
+    ("layers:1-2@0.2@0.3", "No head config file or shipped config named 'layers:1-2@0.2'"),
 ]
 
 

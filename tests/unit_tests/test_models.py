@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from pastalib import _integrity, models
+from pastalib.errors import ParameterError
 from pastalib.models import (
     DEFAULT_MODEL_ID,
     ModelNotAvailableError,
@@ -491,3 +492,21 @@ def test_safetensors_header_check(tmp_path: Path) -> None:
     assert "truncated" in str(_integrity.safetensors_problem(weights))
     weights.write_bytes(b"")
     assert "unreadable" in str(_integrity.safetensors_problem(weights))
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "message"),
+    [
+        ("x" * 10000, ModelNotAvailableError, r"\(10000 characters\) not found.*never downloads"),
+        ("a\0b", ModelNotAvailableError, "never downloads"),
+        ("~no-such-user-here/model", ModelNotAvailableError, "never downloads"),
+        ("org/some-model", ModelNotAvailableError, "never downloads"),
+        ("", ParameterError, "model must be a local directory.*got ''"),
+        ("   ", ParameterError, "model must be"),
+        (123, ParameterError, "got 123"),
+        (None, ParameterError, "got None"),
+    ],
+)
+def test_bad_model_names(name: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        resolve_model_dir(name, progress=False)
