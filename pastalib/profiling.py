@@ -38,7 +38,7 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from pastalib.heads import HeadConfig, model_dimensions
+from pastalib.heads import LayerHeads, model_dimensions
 from pastalib.pasta import PASTA
 from pastalib.spans import token_mask_from_spans
 from pastalib.steering import attention_modules
@@ -197,7 +197,7 @@ class HeadScorer:
     def score_head_sets(
         self,
         example: PreparedExample,
-        head_sets: Sequence[HeadConfig],
+        head_sets: Sequence[LayerHeads],
         on_chunk: Callable[[int, list[tuple[float, float]]], None] | None = None,
     ) -> list[tuple[float, float]]:
         """Returns ``(gain, repeat_gain)`` for each head set steered on its own.
@@ -225,7 +225,7 @@ class HeadScorer:
             fed = torch.cat([prompt, continuation])
         labels = continuation
 
-        def run(configs: Sequence[HeadConfig] | None, rows: int) -> torch.Tensor:
+        def run(configs: Sequence[LayerHeads] | None, rows: int) -> torch.Tensor:
             first = min((layer for config in configs or () for layer in config), default=0)
             # Rows only differ from the first steered layer on: share what comes before.
             split = first if rows > 1 and self.layers is not None and first > 0 else 0
@@ -498,7 +498,7 @@ def select_heads(
     per_task_k: int | None = None,
     selection: Selection = "intersection",
     positive_only: bool = True,
-) -> HeadConfig:
+) -> LayerHeads:
     """Combines per-task head rankings into one head config.
 
     ``intersection`` keeps the heads in every task's top ``per_task_k`` (the paper's choice);
@@ -542,14 +542,14 @@ def select_heads(
         chosen = ranked if k is None else ranked[:k]
     else:
         raise ValueError(f"Unknown selection {selection!r}; use intersection, union or mean.")
-    config: HeadConfig = {}
+    config: LayerHeads = {}
     for layer, head in sorted(chosen):
         config.setdefault(layer, []).append(head)
     return config
 
 
 def head_config_document(
-    head_config: HeadConfig,
+    head_config: LayerHeads,
     *,
     model_id: str,
     tasks: Iterable[str],

@@ -11,9 +11,11 @@ import json
 import os
 import re
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from pastalib import models
+from pastalib.heads import default_head_config, parse_head_config
 from pastalib.models import (
     DEFAULT_MODEL_ID,
     INSTALL_COMMAND,
@@ -126,7 +129,15 @@ def _check_converted_dir(path: Path) -> None:
     config = json.loads((path / "config.json").read_text())
     assert "quantization_config" not in config
     assert config["dtype"] == "float32"
-    assert json.loads((path / models._MARKER_NAME).read_text())["format"] >= 1
+    marker = json.loads((path / models._MARKER_NAME).read_text())
+    assert marker["format"] >= 1
+    # Every file is recorded with its size and hash, and readable by group and others.
+    assert set(marker["files"]) == names - {models._MARKER_NAME}
+    weights = path / "model.safetensors"
+    assert marker["files"]["model.safetensors"]["size"] == weights.stat().st_size
+    for file in path.iterdir():
+        assert stat.S_IMODE(file.stat().st_mode) == 0o644, file.name
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
     # Nothing half-written is left beside the final directory.
     assert not list(path.parent.glob(f"{models._TMP_PREFIX}*"))
 
@@ -260,3 +271,40 @@ def test_hub_id_gives_clear_error(name: str, no_network: list[str]) -> None:
     assert "local model directories" in message
     assert "GGUF" in message or ".gguf" in message
     assert not no_network
+
+
+def test_cache_verification_cost(default_model_path: Path) -> None:
+    """Every load compares sizes and stat stamps; a full check hashes the 538 MB weights."""
+    models.is_converted(default_model_path)  # upgrades a marker of an older release once
+    start = time.perf_counter()
+    for _ in range(10):
+        assert models.is_converted(default_model_path)
+    quick = (time.perf_counter() - start) / 10
+    start = time.perf_counter()
+    models.verify_model_dir(default_model_path, full=True)
+    full = time.perf_counter() - start
+    print(f"cache check per load: {quick * 1e3:.2f} ms; full hash check: {full:.2f} s")
+    assert quick < 0.05
+    marker = json.loads((default_model_path / models._MARKER_NAME).read_text())
+    assert marker["files"]["model.safetensors"]["size"] == 538090408
+
+
+def test_shipped_heads_follow_the_model_not_its_path(
+    default_model_path: Path,
+    default_model: tuple[PreTrainedModel, PreTrainedTokenizerFast],
+    tmp_path: Path,
+) -> None:
+    """``"default"``, the cache directory and a copy elsewhere all get the tuned heads."""
+    shipped = parse_head_config(models.DEFAULT_MODEL_ID, 30, 9)
+    assert shipped.alpha == 0.2 and shipped.num_steered == 108
+    copy = tmp_path / "my-smollm2"
+    copy.mkdir()
+    for file in default_model_path.iterdir():
+        if file.name != models._MARKER_NAME:  # a plain HF directory, unknown to the cache
+            (copy / file.name).symlink_to(file)
+    loaded = [default_model]
+    loaded += [load_model(name, progress=False) for name in ("default", default_model_path, copy)]
+    for model, tokenizer in loaded:
+        config = default_head_config(model, tokenizer)
+        assert config == shipped
+        assert (config.alpha, config.decode_steps) == (0.2, None)

@@ -369,7 +369,7 @@ def test_rows_steering_different_heads_equal_separate_runs(backend: str, tokeniz
         )
     single, _ = pasta.inputs_from_batch([TEXT])
     for row, config in enumerate(configs):
-        with pasta.steer_tokens(emphasis[:1], single["attention_mask"], head_config=config):
+        with pasta.steer_tokens(emphasis[:1], single["attention_mask"], row_head_configs=[config]):
             alone = model.generate(
                 **single,
                 max_new_tokens=3,
