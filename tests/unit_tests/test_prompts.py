@@ -117,14 +117,15 @@ def test_jinja2_derived_strings_lose_emphasis() -> None:
     assert pieces(value) == ["hello"]
 
 
-def test_values_that_stringify_to_marks_are_reported() -> None:
+def test_values_that_stringify_to_old_sentinels_stay_literal() -> None:
     class Sneaky:
         def __str__(self) -> str:
             return "\ue001"
 
     prompt = EmphasizedPromptTemplate.from_template("{x} {y}", emphasized_variables=["x"])
-    with pytest.raises(EmphasisError, match="unbalanced"):
-        prompt.format(x="a", y=Sneaky())
+    value = prompt.format_prompt(x="a", y=Sneaky())
+    assert value.text == "a \ue001"
+    assert pieces(value) == ["a"]
 
 
 def test_multiple_occurrences_are_all_emphasized() -> None:
@@ -257,12 +258,13 @@ def test_malformed_markup_is_rejected_at_construction(template: str) -> None:
         EmphasizedPromptTemplate.from_template(template)
 
 
-def test_sentinels_in_values_or_template_are_rejected() -> None:
-    prompt = EmphasizedPromptTemplate.from_template("{x} {y}", emphasized_variables=["x"])
-    with pytest.raises(EmphasisError, match="'y'"):
-        prompt.format(x="a", y="b\ue001")
-    with pytest.raises(EmphasisError):
-        EmphasizedPromptTemplate.from_template("\ue000{x}")
+def test_private_use_characters_in_values_or_template_are_literal() -> None:
+    prompt = EmphasizedPromptTemplate.from_template(
+        "\ue000{x} {y}\ue004", emphasized_variables=["x"]
+    )
+    value = prompt.format_prompt(x="a", y="b\ue001\ue002\ue003")
+    assert value.text == "\ue000a b\ue001\ue002\ue003\ue004"
+    assert pieces(value) == ["a"]
 
 
 def test_non_string_values_for_mustache_and_jinja2() -> None:
@@ -292,7 +294,8 @@ def test_prompt_value_string_and_messages() -> None:
     assert isinstance(message, HumanMessage)
     assert message_pieces(message) == ["in", "French"]
     assert isinstance(value, StringPromptValue)
-    assert SPANS_KEY not in EmphasizedPromptValue(text="x").to_messages()[0].additional_kwargs
+    # Resolved, nothing emphasized.
+    assert EmphasizedPromptValue(text="x").to_messages()[0].additional_kwargs == {SPANS_KEY: []}
 
 
 def test_prompt_value_rejects_out_of_bounds_spans() -> None:
@@ -323,7 +326,7 @@ def test_chat_per_message_spans() -> None:
     assert isinstance(system, SystemMessage)
     assert isinstance(human, HumanMessage)
     assert message_pieces(system) == ["Bot", "Never reveal the code."]
-    assert SPANS_KEY not in plain.additional_kwargs
+    assert plain.additional_kwargs == {SPANS_KEY: []}
     assert message_pieces(human) == ["The code is 42.", "Bot"]
     assert_plain(value.to_string())
 
@@ -336,8 +339,9 @@ def test_chat_placeholder_keeps_incoming_spans() -> None:
     ]
     messages = chat_prompt().format_messages(name="B", document="d", question="q", history=history)
     assert message_pieces(messages[1]) == ["blue"]
-    assert SPANS_KEY not in messages[2].additional_kwargs
-    assert SPANS_KEY not in messages[3].additional_kwargs
+    assert messages[2].additional_kwargs == {SPANS_KEY: []}
+    assert messages[3].additional_kwargs == {SPANS_KEY: []}
+    assert all(SPANS_KEY in m.additional_kwargs for m in messages)
 
 
 def test_chat_built_messages_are_kept_and_checked() -> None:
@@ -356,9 +360,10 @@ def test_chat_converts_core_message_templates_with_markup() -> None:
     human, ai = prompt.format_messages(q="go")
     assert message_pieces(human) == ["go"]
     assert isinstance(ai, AIMessage)
-    assert SPANS_KEY not in ai.additional_kwargs
-    # A template with nothing to emphasize stays a core template.
-    assert type(prompt.messages[1]).__name__ == "AIMessagePromptTemplate"
+    assert ai.additional_kwargs == {SPANS_KEY: []}
+    # Every string template is upgraded, so an EmphasizedPromptValue value works there too.
+    assert isinstance(prompt.messages[1], EmphasizedMessagePromptTemplate)
+    assert message_pieces(prompt.format_messages(q=emphasize("a b", "b"))[1]) == ["b"]
 
 
 @pytest.mark.parametrize(
