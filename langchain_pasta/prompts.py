@@ -98,7 +98,8 @@ class EmphasizedPromptTemplate(PromptTemplate):
     type, creates, removes or moves emphasis; see the module docstring.
 
     Serialization: ``loads(dumps(prompt), valid_namespaces=["langchain_pasta"],
-    allowed_objects=SERIALIZABLE_CLASSES)``.
+    allowed_objects=SERIALIZABLE_CLASSES)``. LangChain refuses jinja2 templates when loading
+    unless you also pass ``init_validator=None`` (only for templates you trust).
 
     Example:
         ```python

@@ -35,6 +35,7 @@ from langchain_pasta import (
     emphasized_message,
     message_spans,
 )
+from langchain_pasta.prompts import SERIALIZABLE_CLASSES
 from pastalib.markup import MarkupError
 from pastalib.spans import SpanError
 
@@ -540,7 +541,7 @@ def test_namespace() -> None:
         assert cls.is_lc_serializable()
 
 
-def test_serialisation_round_trip() -> None:
+def serialisable_objects() -> dict[str, Serializable]:
     text_prompt = EmphasizedPromptTemplate.from_template(
         "{{x}} [[y]]",
         template_format="mustache",
@@ -548,15 +549,109 @@ def test_serialisation_round_trip() -> None:
         open_tag="[[",
         close_tag="]]",
     )
-    for obj in [text_prompt, chat_prompt(), text_prompt.format_prompt(x="X")]:
-        revived = loads(
-            dumps(obj),
-            valid_namespaces=PASTA_NS,
-            allowed_objects=[*PASTA_CLASSES, MessagesPlaceholder, SystemMessage],
-        )
-        assert type(revived) is type(obj)
-        assert revived == obj
-    revived_text = loads(
-        dumps(text_prompt), valid_namespaces=PASTA_NS, allowed_objects=PASTA_CLASSES
+    f_prompt = EmphasizedPromptTemplate.from_template(
+        "<em>Rule</em> {a} {b}", emphasized_variables=["a"]
+    ).partial(b="B")
+    message = EmphasizedMessagePromptTemplate(
+        prompt=EmphasizedPromptTemplate.from_template("<em>Be terse.</em> {q}"),
+        role="system",
+        additional_kwargs={"name": "rules"},
     )
-    assert pieces(revived_text.format_prompt(x="X")) == ["X", "y"]
+    return {
+        "f-string": f_prompt,
+        "mustache": text_prompt,
+        "message": message,
+        "chat": chat_prompt(),
+        "chat_partial": chat_prompt().partial(name="Bot"),
+        "value": text_prompt.format_prompt(x="X"),
+    }
+
+
+VALUES = {
+    "f-string": {"a": "A"},
+    "mustache": {"x": "X"},
+    "message": {"q": "Q"},
+    "chat": {"name": "N", "document": "D", "question": "Q"},
+    "chat_partial": {"document": "D", "question": "Q"},
+}
+
+
+@pytest.mark.parametrize(
+    "name", ["f-string", "mustache", "message", "chat", "chat_partial", "value"]
+)
+def test_serialisation_round_trip(name: str) -> None:
+    obj = serialisable_objects()[name]
+    revived = loads(
+        dumps(obj),
+        valid_namespaces=PASTA_NS,
+        allowed_objects=[*SERIALIZABLE_CLASSES, MessagesPlaceholder, SystemMessage],
+    )
+    assert type(revived) is type(obj)
+    assert revived == obj
+    if isinstance(obj, EmphasizedPromptValue):
+        return
+    assert isinstance(
+        obj,
+        (EmphasizedPromptTemplate, EmphasizedChatPromptTemplate, EmphasizedMessagePromptTemplate),
+    )
+    before = (
+        obj.format_messages(**VALUES[name])
+        if not isinstance(obj, EmphasizedPromptTemplate)
+        else [obj.format_prompt(**VALUES[name])]
+    )
+    after = (
+        revived.format_messages(**VALUES[name])
+        if not isinstance(revived, EmphasizedPromptTemplate)
+        else [revived.format_prompt(**VALUES[name])]
+    )
+    assert after == before
+
+
+def test_serialisation_allow_list_is_required() -> None:
+    prompt = EmphasizedPromptTemplate.from_template("<em>x</em> {y}")
+    with pytest.raises(ValueError, match="not allowed"):
+        loads(dumps(prompt), allowed_objects="core")
+    with pytest.raises(ValueError, match="not allowed"):
+        loads(dumps(prompt), valid_namespaces=PASTA_NS, allowed_objects="core")
+    revived = loads(dumps(prompt), valid_namespaces=PASTA_NS, allowed_objects=SERIALIZABLE_CLASSES)
+    assert pieces(revived.format_prompt(y="Y")) == ["x"]
+
+
+def test_serialisation_of_jinja2_needs_core_s_explicit_opt_in() -> None:
+    prompt = EmphasizedPromptTemplate.from_template(
+        "{% for d in docs %}<em>{{ d }}</em>{% endfor %}", template_format="jinja2"
+    )
+    text = dumps(prompt)
+    with pytest.raises(ValueError, match="Jinja2 templates are not allowed"):
+        loads(text, valid_namespaces=PASTA_NS, allowed_objects=SERIALIZABLE_CLASSES)
+    revived = loads(
+        text,
+        valid_namespaces=PASTA_NS,
+        allowed_objects=SERIALIZABLE_CLASSES,
+        init_validator=None,  # trusted template
+    )
+    assert revived == prompt
+    assert pieces(revived.format_prompt(docs=["a", "b"])) == ["ab"]
+
+
+def test_message_spans_tells_unset_from_resolved_none() -> None:
+    assert message_spans(HumanMessage("x"), none_if_unset=True) is None
+    assert message_spans(HumanMessage("x")) == []
+    resolved = HumanMessage("x", additional_kwargs={SPANS_KEY: []})
+    assert message_spans(resolved, none_if_unset=True) == []
+    multi = HumanMessage(content=[{"type": "text", "text": "x"}], additional_kwargs={SPANS_KEY: []})
+    assert message_spans(multi, none_if_unset=True) == []
+    with pytest.raises(SpanError, match="must be a list of pairs, got str"):
+        message_spans(HumanMessage("x", additional_kwargs={SPANS_KEY: ""}), index=0)
+    with pytest.raises(SpanError, match="pair of integers"):
+        message_spans(HumanMessage("abc", additional_kwargs={SPANS_KEY: [[0.5, 2]]}))
+
+
+def test_every_chat_message_is_resolved() -> None:
+    messages = chat_prompt().format_messages(
+        name="N", document="D", question="Q", history=[("human", "hi <em>x</em>"), AIMessage("ok")]
+    )
+    assert [message_spans(m, none_if_unset=True) is not None for m in messages] == [True] * 5
+    # The history message's markup is data: not parsed, not emphasized.
+    assert messages[1].content == "hi <em>x</em>"
+    assert messages[1].additional_kwargs == {SPANS_KEY: []}
