@@ -368,3 +368,47 @@ def test_lookalikes_of_an_emphasized_value_get_no_span(
     )
     assert value.text == expected
     assert value.spans == []
+
+
+# --- through ChatPasta --------------------------------------------------------------------
+
+PENDING_CHATPASTA = "ChatPasta still parses <em> in messages without spans (lead: chat_models.py)"
+
+
+def chat_pasta() -> Any:
+    import copy
+
+    import torch
+
+    from langchain_pasta import ChatPasta
+    from tests.tiny import tiny_model, tiny_tokenizer
+
+    tokenizer = copy.deepcopy(tiny_tokenizer())
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    model = tiny_model("llama", dtype=torch.float64)
+    return ChatPasta(model=model, tokenizer=tokenizer, head_config=[0, 1, 2], max_new_tokens=2)
+
+
+def retrieval_prompt() -> EmphasizedChatPromptTemplate:
+    return EmphasizedChatPromptTemplate.from_messages(
+        [("system", "<em>Answer in euros.</em>"), ("human", "Document: {doc}\nQ: {q}")]
+    )
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=PENDING_CHATPASTA)
+def test_html_document_passes_through_a_chatpasta_chain_literally() -> None:
+    messages = retrieval_prompt().format_messages(doc=HTML, q="Price?")
+    text, spans = chat_pasta().render(messages)
+    assert f"Document: {HTML}\nQ: Price?" in text
+    assert [text[s:e] for s, e in spans] == ["Answer in euros."]
+
+
+@pytest.mark.xfail(strict=True, reason=PENDING_CHATPASTA)
+def test_stray_closing_tag_in_a_document_does_not_break_chatpasta() -> None:
+    messages = retrieval_prompt().format_messages(doc="a </em> b", q="?")
+    text, spans = chat_pasta().render(messages)
+    assert "Document: a </em> b\nQ: ?" in text
+    assert [text[s:e] for s, e in spans] == ["Answer in euros."]
