@@ -590,21 +590,14 @@ def test_serialisation_round_trip(name: str) -> None:
     assert revived == obj
     if isinstance(obj, EmphasizedPromptValue):
         return
-    assert isinstance(
-        obj,
-        (EmphasizedPromptTemplate, EmphasizedChatPromptTemplate, EmphasizedMessagePromptTemplate),
-    )
-    before = (
-        obj.format_messages(**VALUES[name])
-        if not isinstance(obj, EmphasizedPromptTemplate)
-        else [obj.format_prompt(**VALUES[name])]
-    )
-    after = (
-        revived.format_messages(**VALUES[name])
-        if not isinstance(revived, EmphasizedPromptTemplate)
-        else [revived.format_prompt(**VALUES[name])]
-    )
-    assert after == before
+    assert formatted(revived, VALUES[name]) == formatted(obj, VALUES[name])
+
+
+def formatted(obj: Any, values: dict[str, str]) -> list[Any]:
+    if isinstance(obj, EmphasizedPromptTemplate):
+        return [obj.format_prompt(**values)]
+    assert isinstance(obj, (EmphasizedChatPromptTemplate, EmphasizedMessagePromptTemplate))
+    return list(obj.format_messages(**values))
 
 
 def test_serialisation_allow_list_is_required() -> None:

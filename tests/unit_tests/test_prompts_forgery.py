@@ -389,7 +389,7 @@ def chat_pasta() -> Any:
         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
     )
     model = tiny_model("llama", dtype=torch.float64)
-    return ChatPasta(model=model, tokenizer=tokenizer, head_config=[0, 1, 2], max_new_tokens=2)
+    return ChatPasta(model=model, tokenizer=tokenizer, head_config=[0, 1, 2], max_tokens=2)
 
 
 def retrieval_prompt() -> EmphasizedChatPromptTemplate:
