@@ -98,6 +98,16 @@ class EmphasizedPromptValue(StringPromptValue):
         """Returns ``["langchain_pasta", "prompts"]``."""
         return list(NAMESPACE)
 
+    def __init__(self, **data: Any) -> None:
+        # Checked before pydantic so a bad span raises SpanError, not a ValidationError.
+        text, spans = data.get("text"), data.get("spans")
+        if isinstance(text, str) and spans is not None:
+            try:
+                data["spans"] = normalize_spans(spans, len(text))
+            except (SpanError, TypeError, ValueError) as error:
+                raise SpanError(f"EmphasizedPromptValue(spans={spans!r}): {error}") from None
+        super().__init__(**data)
+
     @model_validator(mode="after")
     def _normalize(self) -> Self:
         self.spans = normalize_spans(self.spans, len(self.text))

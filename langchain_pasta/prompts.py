@@ -126,10 +126,12 @@ class EmphasizedPromptTemplate(PromptTemplate):
     """Written before a tag, makes it literal (see ``pastalib.markup.parse_emphasis``)."""
 
     def __init__(self, **data: Any) -> None:
+        if "emphasized_variables" in data:
+            data["emphasized_variables"] = _variable_names(data["emphasized_variables"])
+        # Checked before pydantic, and before LangChain parses the template with its markup,
+        # so misplaced markup raises MarkupError rather than a template syntax error.
+        _check_markup(data.get("template"), data.get("template_format", "f-string"), data)
         super().__init__(**data)
-        # Checked here rather than in a pydantic validator so callers get our error types,
-        # not a wrapping ValidationError.
-        check_template(self.template, self.template_format, self._tags)
         known = get_template_variables(self.template, self.template_format)
         unknown = [v for v in self.emphasized_variables if v not in known]
         if unknown:
@@ -167,11 +169,12 @@ class EmphasizedPromptTemplate(PromptTemplate):
         Returns:
             The prompt template.
         """
+        _check_markup(template, template_format, kwargs)  # before LangChain parses it
         prompt = super().from_template(
             template,
             template_format=template_format,
             partial_variables=partial_variables,
-            emphasized_variables=list(emphasized_variables),
+            emphasized_variables=_variable_names(emphasized_variables),
             **kwargs,
         )
         return cast("EmphasizedPromptTemplate", prompt)
@@ -390,7 +393,7 @@ class EmphasizedChatPromptTemplate(ChatPromptTemplate):
         """
         # Let core parse every representation, then upgrade the string templates.
         core = ChatPromptTemplate(messages, template_format=template_format)
-        emphasized = list(dict.fromkeys(emphasized_variables))
+        emphasized = list(dict.fromkeys(_variable_names(emphasized_variables)))
         tags = {"open_tag": open_tag, "close_tag": close_tag, "escape": escape}
         available: set[str] = set()
         converted: list[MessageLike] = []
@@ -492,6 +495,32 @@ class EmphasizedChatPromptTemplate(ChatPromptTemplate):
             The chat prompt template.
         """
         return cls([("human", template)], **kwargs)
+
+
+def _check_markup(template: Any, template_format: Any, fields: dict[str, Any]) -> None:
+    """Checks inline markup before LangChain parses the template with the markup in it.
+
+    So misplaced markup raises ``MarkupError`` rather than a template syntax error.
+    """
+    if isinstance(template, str) and template_format in ("f-string", "mustache", "jinja2"):
+        tags = Tags(
+            fields.get("open_tag", "<em>"),
+            fields.get("close_tag", "</em>"),
+            fields.get("escape", "\\"),
+        )
+        check_template(template, template_format, tags)
+
+
+def _variable_names(names: Any) -> list[str]:
+    """``emphasized_variables`` as a list, rejecting a bare string (a common slip)."""
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise EmphasisError(
+            f"emphasized_variables must be a list of variable names (str), got {names!r}; "
+            f"write [{names!r}] for one variable."
+            if isinstance(names, str)
+            else f"emphasized_variables must be a list of variable names (str), got {names!r}."
+        )
+    return list(names)
 
 
 def _resolved(messages: list[BaseMessage]) -> list[BaseMessage]:
