@@ -31,8 +31,8 @@ reads only ``SPANS_KEY``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, cast, overload
 
 from langchain_core.load.serializable import Serializable
 from langchain_core.messages import BaseMessage
@@ -329,8 +329,7 @@ class EmphasizedChatPromptTemplate(ChatPromptTemplate):
     ``MessagesPlaceholder`` and already-built messages keep the spans they carry and get
     ``[]`` otherwise: their content is never parsed for markup (use
     :func:`emphasized_message`). ``format_prompt`` returns a plain ``ChatPromptValue``. The
-    emphasis lives in the message templates, so slicing or ``+`` (which return a core
-    ``ChatPromptTemplate``) keep it, but only this class adds ``[]`` to unemphasized messages.
+    emphasis lives in the message templates; slicing and ``+`` return this class again.
 
     Serialization: ``loads(dumps(prompt), valid_namespaces=["langchain_pasta"],
     allowed_objects=[*SERIALIZABLE_CLASSES, MessagesPlaceholder, SystemMessage, ...])``:
@@ -495,6 +494,58 @@ class EmphasizedChatPromptTemplate(ChatPromptTemplate):
             The chat prompt template.
         """
         return cls([("human", template)], **kwargs)
+
+    @override
+    def __add__(self, other: Any) -> EmphasizedChatPromptTemplate:
+        """Appends messages, keeping this class (so every message stays resolved).
+
+        String message templates of ``other`` become emphasized ones: markup in them is
+        template text, so it emphasizes, as in this template.
+        """
+        combined = super().__add__(other)
+        emphasized = list(self.emphasized_variables)
+        if isinstance(other, EmphasizedChatPromptTemplate):
+            emphasized += [v for v in other.emphasized_variables if v not in emphasized]
+        return self._rebuild(combined.messages, emphasized, combined.partial_variables)
+
+    @overload
+    def __getitem__(self, index: int) -> MessageLike: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> EmphasizedChatPromptTemplate: ...
+
+    @override
+    def __getitem__(self, index: int | slice) -> MessageLike | EmphasizedChatPromptTemplate:
+        """A message template, or a slice of them as an ``EmphasizedChatPromptTemplate``."""
+        if not isinstance(index, slice):
+            return self.messages[index]
+        messages = self.messages[index]
+        variables = {v for m in messages for v in getattr(m, "input_variables", [])}
+        variables |= {
+            v
+            for m in messages
+            for v in getattr(getattr(m, "prompt", None), "partial_variables", {})
+        }
+        emphasized = [v for v in self.emphasized_variables if v in variables]
+        partials = {k: v for k, v in self.partial_variables.items() if k in variables}
+        return self._rebuild(messages, emphasized, partials)
+
+    def _rebuild(
+        self, messages: Sequence[MessageLike], emphasized: list[str], partials: Mapping[str, Any]
+    ) -> EmphasizedChatPromptTemplate:
+        rebuilt = type(self)(
+            list(messages),
+            emphasized_variables=emphasized,
+            open_tag=self.open_tag,
+            close_tag=self.close_tag,
+            escape=self.escape,
+        )
+        # partial() keeps the class (it rebuilds with type(self)).
+        return (
+            cast("EmphasizedChatPromptTemplate", rebuilt.partial(**partials))
+            if partials
+            else rebuilt
+        )
 
 
 def _check_markup(template: Any, template_format: Any, fields: dict[str, Any]) -> None:

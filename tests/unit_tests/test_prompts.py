@@ -395,6 +395,41 @@ def test_chat_emphasis_survives_slicing_and_add() -> None:
     combined = prompt[:1] + ChatPromptTemplate.from_messages([("human", "x")])
     messages = combined.format_messages(name="N")
     assert message_pieces(messages[0]) == ["N", "Never reveal the code."]
+    assert type(combined) is EmphasizedChatPromptTemplate
+    assert messages[1].additional_kwargs == {SPANS_KEY: []}
+
+
+def test_chat_slice_keeps_class_partials_and_emphasis() -> None:
+    prompt = chat_prompt().partial(name="Bot")
+    tail = prompt[2:]
+    assert type(tail) is EmphasizedChatPromptTemplate
+    assert tail.emphasized_variables == ["document", "name"]
+    plain, human = tail.format_messages(document="D", question="Q")
+    assert plain.additional_kwargs == {SPANS_KEY: []}
+    assert message_pieces(human) == ["D", "Bot"]
+    head = chat_prompt()[:1]
+    assert head.emphasized_variables == ["name"]
+    assert head.input_variables == ["name"]
+    assert isinstance(chat_prompt()[0], EmphasizedMessagePromptTemplate)
+
+
+def test_chat_add_variants() -> None:
+    left = EmphasizedChatPromptTemplate.from_messages(
+        [("system", "<em>Rule</em> {a}")], emphasized_variables=["a"]
+    )
+    right = EmphasizedChatPromptTemplate.from_messages(
+        [("human", "{b} {c}")], emphasized_variables=["b"]
+    ).partial(c="C")
+    both = left + right
+    assert both.emphasized_variables == ["a", "b"]
+    system, human = both.format_messages(a="A", b="B")
+    assert message_pieces(system) == ["Rule", "A"]
+    assert human.content == "B C"
+    assert message_pieces(human) == ["B"]
+    with_text = left + "<em>Also</em> {d}"
+    assert message_pieces(with_text.format_messages(a="A", d="D")[1]) == ["Also"]
+    with_message = left + AIMessage("ok")
+    assert with_message.format_messages(a="A")[1].additional_kwargs == {SPANS_KEY: []}
 
 
 def test_chat_from_template() -> None:
