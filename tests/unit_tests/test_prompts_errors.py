@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 from langchain_core.documents import Document
+from langchain_core.messages import HumanMessage
+from langchain_core.prompts import MessagesPlaceholder
 
 from langchain_pasta.prompts import (
+    SPANS_KEY,
     EmphasizedChatPromptTemplate,
     EmphasizedPromptTemplate,
     EmphasizedPromptValue,
@@ -117,3 +120,15 @@ def test_emphasize_bad_input(args: tuple[Any, ...], error: type[PastaError], mat
 def test_prompt_value_bad_spans(spans: Any, match: str) -> None:
     with pytest.raises(SpanError, match=match):
         EmphasizedPromptValue(text="abc", spans=spans)
+
+
+def test_placeholder_message_with_stale_spans() -> None:
+    prompt = EmphasizedChatPromptTemplate.from_messages(
+        [("system", "S"), MessagesPlaceholder("history")]
+    )
+    stale = HumanMessage("Hi", additional_kwargs={SPANS_KEY: [[0, 9]]})
+    with pytest.raises(SpanError, match=r"human message #1 \('Hi'\) has span \[0, 9\]"):
+        prompt.format_messages(history=[stale])
+    malformed = HumanMessage("Hi", additional_kwargs={SPANS_KEY: {"a": 1}})
+    with pytest.raises(SpanError, match=r"human message #1 .*must be a list of pairs, got dict"):
+        prompt.format_messages(history=[malformed])
