@@ -412,3 +412,20 @@ def test_stray_closing_tag_in_a_document_does_not_break_chatpasta() -> None:
     text, spans = chat_pasta().render(messages)
     assert "Document: a </em> b\nQ: ?" in text
     assert [text[s:e] for s, e in spans] == ["Answer in euros."]
+
+
+@pytest.mark.parametrize("template_format", FORMATS)
+@pytest.mark.parametrize(
+    "number", [0, -12, 3.5e-7, float("inf")], ids=["zero", "neg", "tiny", "inf"]
+)
+def test_numbers_as_values(template_format: Any, number: float) -> None:
+    marked, plain = forged_template(template_format, "str")
+    prompt = EmphasizedPromptTemplate.from_template(
+        marked, template_format=template_format, emphasized_variables=["q"]
+    )
+    value = prompt.format_prompt(docs=number, q=KEY)
+    expected = PromptTemplate.from_template(plain, template_format=template_format).format(
+        docs=number, q=KEY
+    )
+    assert value.text == expected
+    assert value.spans == expected_spans(expected)
