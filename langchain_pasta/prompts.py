@@ -6,26 +6,37 @@ Emphasis is carried as half-open character spans into the *final* prompt text:
 * chat prompts: each message carries its spans in ``additional_kwargs[SPANS_KEY]`` as a
   list of ``[start, end]`` pairs into its ``content`` string. ``additional_kwargs`` survives
   message normalisation, copying, ``dumps``/``loads`` and agents, so the spans reach the
-  chat model untouched.
+  chat model untouched. Every message an :class:`EmphasizedChatPromptTemplate` produces
+  carries the key, ``[]`` when nothing in it is emphasized ("resolved, none"; see
+  :func:`message_spans`).
 
-Emphasis is declared either per variable (``emphasized_variables``) or inline in the literal
-template text with markup (``<em>...</em>`` by default, see :mod:`pastalib.markup`).
+Values are data. Emphasis is created only by:
+
+* the template's own text: inline markup (``<em>...</em>`` by default, see
+  :mod:`pastalib.markup`) in the template string, and ``emphasized_variables``, which
+  emphasize the whole of those variables' values wherever they land;
+* explicit APIs: :func:`emphasize` / :class:`EmphasizedPromptValue` (also when passed as a
+  template value: its spans move with its text), :func:`emphasized_message` (parses markup in
+  the message it is given, or takes ``"all"`` or explicit spans), and spans set directly.
+
+It is never created, removed or moved by a template *value*, whatever its type: a string,
+a ``Document``, an item of a list or a field of a dict in mustache or jinja2, a number, an
+object with a custom ``__str__``, a ``str`` subclass or a dict that mimics an
+``EmphasizedPromptValue``. ``<em>`` tags in values are literal text, as are private-use
+marker characters: the spans are computed with per-call random markers
+(:class:`pastalib.spans.Markers`), which text from outside cannot forge. Messages are never
+parsed for markup either, except by :func:`emphasized_message` on request; ``ChatPasta``
+reads only ``SPANS_KEY``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, cast, overload
 
-from langchain_core.messages import (
-    AIMessage,
-    BaseMessage,
-    ChatMessage,
-    HumanMessage,
-    SystemMessage,
-)
+from langchain_core.load.serializable import Serializable
+from langchain_core.messages import BaseMessage
 from langchain_core.messages.base import get_msg_title_repr
-from langchain_core.prompt_values import StringPromptValue
 from langchain_core.prompts import (
     AIMessagePromptTemplate,
     ChatMessagePromptTemplate,
@@ -36,19 +47,26 @@ from langchain_core.prompts import (
 )
 from langchain_core.prompts.chat import MessageLike, MessageLikeRepresentation
 from langchain_core.prompts.message import BaseMessagePromptTemplate
-from langchain_core.prompts.string import (
-    DEFAULT_FORMATTER_MAPPING,
-    PromptTemplateFormat,
-    get_template_variables,
-)
-from pydantic import Field, model_validator
-from typing_extensions import Self, override
+from langchain_core.prompts.string import PromptTemplateFormat, get_template_variables
+from pydantic import Field
+from typing_extensions import override
 
+from langchain_pasta._template_spans import Tags, check_template, render_with_spans
+from langchain_pasta.prompt_values import (
+    NAMESPACE,
+    SPANS_KEY,
+    EmphasizedPromptValue,
+    build_message,
+    emphasize,
+    emphasized_message,
+    message_spans,
+)
 from pastalib.errors import EmphasisError
 from pastalib.markup import mark_emphasis, parse_emphasis
-from pastalib.spans import Span, SpanError, normalize_spans
+from pastalib.spans import Span
 
 __all__ = [
+    "SERIALIZABLE_CLASSES",
     "SPANS_KEY",
     "EmphasisError",
     "EmphasizedChatPromptTemplate",
@@ -60,124 +78,7 @@ __all__ = [
     "message_spans",
 ]
 
-SPANS_KEY = "pasta_spans"
-"""Key in a message's ``additional_kwargs``: a list of ``[start, end]`` character spans into
-that message's ``content`` string, to be emphasized."""
-
-_NAMESPACE = ["langchain_pasta", "prompts"]
-# Private-use characters mark emphasized regions while the template is formatted; spans are
-# read off (and the marks removed) afterwards, so escaping, loops and conditionals of the
-# template language are all accounted for.
-_OPEN, _CLOSE = "\ue000", "\ue001"
-_ROLE_CLASSES: dict[str, type[BaseMessage]] = {
-    "human": HumanMessage,
-    "user": HumanMessage,
-    "ai": AIMessage,
-    "assistant": AIMessage,
-    "system": SystemMessage,
-}
-
-
-class _Emphasized(str):
-    """A string that renders wrapped in sentinels but compares, measures and tests as itself.
-
-    Used for jinja2, whose ``{% if x == "yes" %}`` or ``x|length`` must not see the marks.
-    """
-
-    __slots__ = ()
-
-    def __str__(self) -> str:
-        return f"{_OPEN}{str.__str__(self)}{_CLOSE}"
-
-
-def _strip_sentinels(rendered: str) -> tuple[str, list[Span]]:
-    """Removes the sentinels and returns the plain text with its emphasized spans."""
-    out: list[str] = []
-    spans: list[Span] = []
-    length = depth = start = 0
-    for char in rendered:
-        if char == _OPEN:
-            if depth == 0:
-                start = length
-            depth += 1
-        elif char == _CLOSE:
-            depth -= 1
-            if depth < 0:
-                break
-            if depth == 0 and length > start:  # an empty value leaves no span
-                spans.append((start, length))
-        else:
-            out.append(char)
-            length += 1
-    if depth != 0:
-        raise EmphasisError(
-            "Emphasis marks became unbalanced while formatting: a template filter or slice "
-            "(e.g. jinja2 `x[:3]`) cut an emphasized value, or a value contains U+E000/U+E001."
-        )
-    return "".join(out), normalize_spans(spans)
-
-
-def _check_no_sentinels(name: str, value: Any) -> None:
-    if isinstance(value, str) and (_OPEN in value or _CLOSE in value):
-        raise EmphasisError(
-            f"{name} contains U+E000 or U+E001, private-use characters reserved for "
-            "emphasis bookkeeping; remove them."
-        )
-
-
-def _insert_sentinels(text: str, spans: Sequence[Span]) -> str:
-    for start, end in reversed(spans):
-        text = f"{text[:start]}{_OPEN}{text[start:end]}{_CLOSE}{text[end:]}"
-    return text
-
-
-def _wrap_f_string_fields(template: str, emphasized: set[str]) -> str:
-    """Puts sentinels around ``{var}`` fields, so format specs still see the real value."""
-    from string import Formatter
-
-    parts: list[str] = []
-    for literal, field, spec, conversion in Formatter().parse(template):
-        parts.append(literal.replace("{", "{{").replace("}", "}}"))
-        if field is None:
-            continue
-        body = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
-        parts.append(f"{_OPEN}{body}}}{_CLOSE}" if field in emphasized else body + "}")
-    return "".join(parts)
-
-
-class EmphasizedPromptValue(StringPromptValue):
-    """A string prompt plus the character spans PASTA should emphasize.
-
-    ``to_string()`` is the plain text; ``to_messages()`` gives one ``HumanMessage`` whose
-    ``additional_kwargs[SPANS_KEY]`` carries the spans, so chat models get them too.
-
-    Example:
-        ```python
-        value = EmphasizedPromptValue(text="Answer in French.", spans=[(10, 16)])
-        value.text[10:16]  # "French"
-        ```
-    """
-
-    spans: list[tuple[int, int]] = Field(default_factory=list)
-    """Sorted, merged half-open character spans into ``text``."""
-
-    type: Literal["EmphasizedPromptValue"] = "EmphasizedPromptValue"  # type: ignore[assignment]
-
-    @classmethod
-    @override
-    def get_lc_namespace(cls) -> list[str]:
-        """Returns ``["langchain_pasta", "prompts"]``."""
-        return list(_NAMESPACE)
-
-    @model_validator(mode="after")
-    def _normalize(self) -> Self:
-        self.spans = normalize_spans(self.spans, len(self.text))
-        return self
-
-    @override
-    def to_messages(self) -> list[BaseMessage]:
-        kwargs = {SPANS_KEY: [[s, e] for s, e in self.spans]} if self.spans else {}
-        return [HumanMessage(content=self.text, additional_kwargs=kwargs)]
+_NAMESPACE = NAMESPACE
 
 
 class EmphasizedPromptTemplate(PromptTemplate):
@@ -190,6 +91,15 @@ class EmphasizedPromptTemplate(PromptTemplate):
 
     For ``mustache`` and ``jinja2`` the values of emphasized variables must be strings.
     jinja2 filters that build a new string (``x|upper``) drop the emphasis of ``x``.
+
+    To emphasize *part* of a value, pass an :class:`EmphasizedPromptValue` (e.g.
+    ``emphasize("noise. key fact.", "key fact")``): its text is formatted in and its spans
+    move with it (in f-strings it needs a plain ``{name}`` field). No other value, of any
+    type, creates, removes or moves emphasis; see the module docstring.
+
+    Serialization: ``loads(dumps(prompt), valid_namespaces=["langchain_pasta"],
+    allowed_objects=SERIALIZABLE_CLASSES)``. LangChain refuses jinja2 templates when loading
+    unless you also pass ``init_validator=None`` (only for templates you trust).
 
     Example:
         ```python
@@ -216,10 +126,12 @@ class EmphasizedPromptTemplate(PromptTemplate):
     """Written before a tag, makes it literal (see ``pastalib.markup.parse_emphasis``)."""
 
     def __init__(self, **data: Any) -> None:
+        if "emphasized_variables" in data:
+            data["emphasized_variables"] = _variable_names(data["emphasized_variables"])
+        # Checked before pydantic, and before LangChain parses the template with its markup,
+        # so misplaced markup raises MarkupError rather than a template syntax error.
+        _check_markup(data.get("template"), data.get("template_format", "f-string"), data)
         super().__init__(**data)
-        # Checked here rather than in a pydantic validator so callers get our error types,
-        # not a wrapping ValidationError.
-        self._sentinel_template()
         known = get_template_variables(self.template, self.template_format)
         unknown = [v for v in self.emphasized_variables if v not in known]
         if unknown:
@@ -257,51 +169,25 @@ class EmphasizedPromptTemplate(PromptTemplate):
         Returns:
             The prompt template.
         """
+        _check_markup(template, template_format, kwargs)  # before LangChain parses it
         prompt = super().from_template(
             template,
             template_format=template_format,
             partial_variables=partial_variables,
-            emphasized_variables=list(emphasized_variables),
+            emphasized_variables=_variable_names(emphasized_variables),
             **kwargs,
         )
         return cast("EmphasizedPromptTemplate", prompt)
 
-    def _sentinel_template(self) -> str:
-        _check_no_sentinels("The template", self.template)
-        plain, spans = parse_emphasis(
-            self.template, open_tag=self.open_tag, close_tag=self.close_tag, escape=self.escape
-        )
-        marked = _insert_sentinels(plain, spans)
-        if self.template_format == "f-string":
-            return _wrap_f_string_fields(marked, set(self.emphasized_variables))
-        return marked
+    @property
+    def _tags(self) -> Tags:
+        return Tags(self.open_tag, self.close_tag, self.escape)
 
     def _format_with_spans(self, **kwargs: Any) -> tuple[str, list[Span]]:
-        kwargs = self._merge_partial_and_user_variables(**kwargs)
-        for name, value in kwargs.items():
-            _check_no_sentinels(f"The value of {name!r}", value)
-        if self.template_format != "f-string":
-            for name in self.emphasized_variables:
-                value = kwargs.get(name)
-                if value is None or value == "":
-                    continue  # missing values are the formatter's to report; empty: no span
-                if not isinstance(value, str):
-                    raise EmphasisError(
-                        f"Emphasized variable {name!r} must be a string for "
-                        f"{self.template_format} templates, got {type(value).__name__}; "
-                        "convert it with str() first."
-                    )
-                # mustache stringifies nothing that is already a str, so wrap plainly.
-                wrapped = (
-                    _Emphasized(value)
-                    if self.template_format == "jinja2"
-                    else str(_Emphasized(value))
-                )
-                kwargs[name] = wrapped
-        rendered = DEFAULT_FORMATTER_MAPPING[self.template_format](
-            self._sentinel_template(), **kwargs
+        values = self._merge_partial_and_user_variables(**kwargs)
+        return render_with_spans(
+            self.template, self.template_format, values, self.emphasized_variables, self._tags
         )
-        return _strip_sentinels(rendered)
 
     @override
     def format(self, **kwargs: Any) -> str:
@@ -360,22 +246,15 @@ class EmphasizedPromptTemplate(PromptTemplate):
         )
 
 
-def _message_class(role: str) -> type[BaseMessage] | None:
-    return _ROLE_CLASSES.get(role)
-
-
-def _build_message(role: str, content: str, additional_kwargs: dict[str, Any]) -> BaseMessage:
-    cls = _message_class(role)
-    if cls is None:
-        return ChatMessage(role=role, content=content, additional_kwargs=additional_kwargs)
-    return cls(content=content, additional_kwargs=additional_kwargs)
-
-
 class EmphasizedMessagePromptTemplate(BaseMessagePromptTemplate):
     """One chat message from an :class:`EmphasizedPromptTemplate`, spans attached.
 
-    The formatted message carries its spans in ``additional_kwargs[SPANS_KEY]`` (only when
-    there are any). Usually built for you by :class:`EmphasizedChatPromptTemplate`.
+    The formatted message always carries its spans in ``additional_kwargs[SPANS_KEY]``
+    (``[]`` when nothing is emphasized). Usually built for you by
+    :class:`EmphasizedChatPromptTemplate`.
+
+    Serialization: ``loads(dumps(template), valid_namespaces=["langchain_pasta"],
+    allowed_objects=SERIALIZABLE_CLASSES)``.
 
     Example:
         ```python
@@ -419,9 +298,8 @@ class EmphasizedMessagePromptTemplate(BaseMessagePromptTemplate):
         """
         value = self.prompt.format_prompt(**kwargs)
         extra = {k: v for k, v in self.additional_kwargs.items() if k != SPANS_KEY}
-        if value.spans:
-            extra[SPANS_KEY] = [[s, e] for s, e in value.spans]
-        return _build_message(self.role, value.text, extra)
+        extra[SPANS_KEY] = [[s, e] for s, e in value.spans]
+        return build_message(self.role, value.text, extra)
 
     @override
     def format_messages(self, **kwargs: Any) -> list[BaseMessage]:
@@ -444,11 +322,18 @@ class EmphasizedChatPromptTemplate(ChatPromptTemplate):
     r"""A ``ChatPromptTemplate`` whose messages carry their emphasis spans.
 
     ``emphasized_variables`` apply to whichever message templates contain them; inline
-    markup works in every string message template. Each formatted message carries its spans
-    in ``additional_kwargs[SPANS_KEY]``; messages passed through a ``MessagesPlaceholder``
-    and already-built messages keep theirs. ``format_prompt`` returns a plain
-    ``ChatPromptValue``. The emphasis lives in the message templates, so slicing or ``+``
-    (which return a core ``ChatPromptTemplate``) keep it.
+    markup works in every string message template (they all become
+    :class:`EmphasizedMessagePromptTemplate`), and an :class:`EmphasizedPromptValue` value
+    keeps its spans there. Every formatted message carries ``additional_kwargs[SPANS_KEY]``:
+    its spans, or ``[]`` when nothing in it is emphasized. Messages passed through a
+    ``MessagesPlaceholder`` and already-built messages keep the spans they carry and get
+    ``[]`` otherwise: their content is never parsed for markup (use
+    :func:`emphasized_message`). ``format_prompt`` returns a plain ``ChatPromptValue``. The
+    emphasis lives in the message templates; slicing and ``+`` return this class again.
+
+    Serialization: ``loads(dumps(prompt), valid_namespaces=["langchain_pasta"],
+    allowed_objects=[*SERIALIZABLE_CLASSES, MessagesPlaceholder, SystemMessage, ...])``:
+    list the core classes the template contains as well.
 
     Example:
         ```python
@@ -507,7 +392,7 @@ class EmphasizedChatPromptTemplate(ChatPromptTemplate):
         """
         # Let core parse every representation, then upgrade the string templates.
         core = ChatPromptTemplate(messages, template_format=template_format)
-        emphasized = list(dict.fromkeys(emphasized_variables))
+        emphasized = list(dict.fromkeys(_variable_names(emphasized_variables)))
         tags = {"open_tag": open_tag, "close_tag": close_tag, "escape": escape}
         available: set[str] = set()
         converted: list[MessageLike] = []
@@ -539,6 +424,42 @@ class EmphasizedChatPromptTemplate(ChatPromptTemplate):
     def get_lc_namespace(cls) -> list[str]:
         """Returns ``["langchain_pasta", "prompts"]``."""
         return list(_NAMESPACE)
+
+    @override
+    def format_messages(self, **kwargs: Any) -> list[BaseMessage]:
+        """Formats the messages; each carries ``additional_kwargs[SPANS_KEY]``.
+
+        Args:
+            **kwargs: Template variables.
+
+        Returns:
+            The messages.
+
+        Raises:
+            EmphasisError: An ``EmphasizedPromptValue`` goes to a message template that cannot
+                place its spans (multi-part content).
+            SpanError: A message passed in carries spans that do not fit it.
+        """
+        self._check_explicit_values(kwargs)
+        return _resolved(super().format_messages(**kwargs))
+
+    @override
+    async def aformat_messages(self, **kwargs: Any) -> list[BaseMessage]:
+        self._check_explicit_values(kwargs)
+        return _resolved(await super().aformat_messages(**kwargs))
+
+    def _check_explicit_values(self, kwargs: dict[str, Any]) -> None:
+        values = {**self.partial_variables, **kwargs}
+        for message in self.messages:
+            if isinstance(message, (EmphasizedMessagePromptTemplate, BaseMessage)):
+                continue
+            for name in getattr(message, "input_variables", []):
+                if isinstance(values.get(name), EmphasizedPromptValue):
+                    raise EmphasisError(
+                        f"Variable {name!r} holds an EmphasizedPromptValue, but it goes to a "
+                        f"{type(message).__name__}, which cannot place emphasis spans; use it "
+                        "in a plain string message template."
+                    )
 
     @classmethod
     @override
@@ -573,6 +494,95 @@ class EmphasizedChatPromptTemplate(ChatPromptTemplate):
             The chat prompt template.
         """
         return cls([("human", template)], **kwargs)
+
+    @override
+    def __add__(self, other: Any) -> EmphasizedChatPromptTemplate:
+        """Appends messages, keeping this class (so every message stays resolved).
+
+        String message templates of ``other`` become emphasized ones: markup in them is
+        template text, so it emphasizes, as in this template.
+        """
+        combined = super().__add__(other)
+        emphasized = list(self.emphasized_variables)
+        if isinstance(other, EmphasizedChatPromptTemplate):
+            emphasized += [v for v in other.emphasized_variables if v not in emphasized]
+        return self._rebuild(combined.messages, emphasized, combined.partial_variables)
+
+    @overload
+    def __getitem__(self, index: int) -> MessageLike: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> EmphasizedChatPromptTemplate: ...
+
+    @override
+    def __getitem__(self, index: int | slice) -> MessageLike | EmphasizedChatPromptTemplate:
+        """A message template, or a slice of them as an ``EmphasizedChatPromptTemplate``."""
+        if not isinstance(index, slice):
+            return self.messages[index]
+        messages = self.messages[index]
+        variables = {v for m in messages for v in getattr(m, "input_variables", [])}
+        variables |= {
+            v
+            for m in messages
+            for v in getattr(getattr(m, "prompt", None), "partial_variables", {})
+        }
+        emphasized = [v for v in self.emphasized_variables if v in variables]
+        partials = {k: v for k, v in self.partial_variables.items() if k in variables}
+        return self._rebuild(messages, emphasized, partials)
+
+    def _rebuild(
+        self, messages: Sequence[MessageLike], emphasized: list[str], partials: Mapping[str, Any]
+    ) -> EmphasizedChatPromptTemplate:
+        rebuilt = type(self)(
+            list(messages),
+            emphasized_variables=emphasized,
+            open_tag=self.open_tag,
+            close_tag=self.close_tag,
+            escape=self.escape,
+        )
+        # partial() keeps the class (it rebuilds with type(self)).
+        return (
+            cast("EmphasizedChatPromptTemplate", rebuilt.partial(**partials))
+            if partials
+            else rebuilt
+        )
+
+
+def _check_markup(template: Any, template_format: Any, fields: dict[str, Any]) -> None:
+    """Checks inline markup before LangChain parses the template with the markup in it.
+
+    So misplaced markup raises ``MarkupError`` rather than a template syntax error.
+    """
+    if isinstance(template, str) and template_format in ("f-string", "mustache", "jinja2"):
+        tags = Tags(
+            fields.get("open_tag", "<em>"),
+            fields.get("close_tag", "</em>"),
+            fields.get("escape", "\\"),
+        )
+        check_template(template, template_format, tags)
+
+
+def _variable_names(names: Any) -> list[str]:
+    """``emphasized_variables`` as a list, rejecting a bare string (a common slip)."""
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise EmphasisError(
+            f"emphasized_variables must be a list of variable names (str), got {names!r}; "
+            f"write [{names!r}] for one variable."
+            if isinstance(names, str)
+            else f"emphasized_variables must be a list of variable names (str), got {names!r}."
+        )
+    return list(names)
+
+
+def _resolved(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """Messages with their spans validated, and ``SPANS_KEY: []`` added where absent."""
+    out: list[BaseMessage] = []
+    for index, message in enumerate(messages):
+        if message_spans(message, index=index, none_if_unset=True) is None:
+            kwargs = {**message.additional_kwargs, SPANS_KEY: []}
+            message = message.model_copy(update={"additional_kwargs": kwargs})
+        out.append(message)
+    return out
 
 
 def _upgrade(
@@ -613,8 +623,7 @@ def _upgrade(
         return message, []
     variables = core.input_variables + list(core.partial_variables)
     mine = [v for v in emphasized if v in variables]
-    if not mine and not any(tags[t] in core.template for t in ("open_tag", "close_tag")):
-        return message, variables  # nothing to emphasize: leave the core template untouched
+    # Upgraded even with nothing to emphasize: a value may still be an EmphasizedPromptValue.
     prompt = EmphasizedPromptTemplate(
         template=core.template,
         template_format=core.template_format,
@@ -628,149 +637,12 @@ def _upgrade(
     return upgraded, variables
 
 
-def _describe(message: BaseMessage, index: int | None) -> str:
-    where = f" #{index}" if index is not None else ""
-    preview = message.content if isinstance(message.content, str) else "<multi-part content>"
-    if len(preview) > 40:
-        preview = preview[:37] + "..."
-    return f"{message.type} message{where} ({preview!r})"
-
-
-def message_spans(message: BaseMessage, *, index: int | None = None) -> list[Span]:
-    """Reads and validates the emphasis spans a message carries in ``additional_kwargs``.
-
-    Example:
-        ```python
-        message_spans(HumanMessage("Hi there", additional_kwargs={SPANS_KEY: [[3, 8]]}))
-        # [(3, 8)]
-        ```
-
-    Args:
-        message: Any message.
-        index: Position of the message in its conversation, for error messages.
-
-    Returns:
-        Sorted, merged spans into ``message.content``; empty when it carries none.
-
-    Raises:
-        SpanError: The spans are malformed or no longer fit the content (for example the
-            content was edited after the spans were computed), or the content is not a
-            string.
-    """
-    raw = message.additional_kwargs.get(SPANS_KEY)
-    if not raw:
-        return []
-    if not isinstance(message.content, str):
-        raise SpanError(
-            f"{_describe(message, index)} carries {SPANS_KEY} but its content is not a "
-            "string; spans index into string content only."
-        )
-    if not isinstance(raw, (list, tuple)):
-        raise SpanError(f"{_describe(message, index)}: {SPANS_KEY} must be a list of pairs.")
-    for span in raw:
-        try:
-            normalize_spans([span], len(message.content))
-        except (SpanError, TypeError, ValueError) as error:
-            raise SpanError(
-                f"{_describe(message, index)} has span {span!r} that does not fit its "
-                f"{len(message.content)}-character content: {error} Was the content "
-                "edited after the spans were computed?"
-            ) from None
-    return normalize_spans(raw, len(message.content))
-
-
-def emphasize(text: str, *parts: str) -> EmphasizedPromptValue:
-    """Emphasizes every occurrence of each of ``parts`` in ``text`` (all of it if none).
-
-    Example:
-        ```python
-        llm.invoke(emphasize("Ignore the noise. The code is 1234.", "The code is 1234."))
-        ```
-
-    Args:
-        text: The prompt.
-        *parts: Substrings to emphasize.
-
-    Returns:
-        A prompt value usable with both text and chat models.
-
-    Raises:
-        SpanError: A part is empty or does not occur in ``text``.
-    """
-    if not parts:
-        return EmphasizedPromptValue(text=text, spans=[(0, len(text))] if text else [])
-    spans: list[Span] = []
-    for part in parts:
-        if not part:
-            raise SpanError("Cannot emphasize an empty string.")
-        start = text.find(part)
-        if start == -1:
-            raise SpanError(f"Emphasized text {part!r} does not occur in {text!r}.")
-        while start != -1:
-            spans.append((start, start + len(part)))
-            start = text.find(part, start + 1)
-    return EmphasizedPromptValue(text=text, spans=spans)
-
-
-def emphasized_message(
-    message: BaseMessage | str,
-    spans: Literal["all"] | Sequence[Sequence[int]] | None = None,
-    *,
-    role: str = "human",
-    open_tag: str = "<em>",
-    close_tag: str = "</em>",
-    escape: str = "\\",
-) -> BaseMessage:
-    """Marks a literal message as wholly or partly emphasized.
-
-    Example:
-        ```python
-        system = emphasized_message(SystemMessage("Always answer in French."), "all")
-        agent = create_agent(model, tools, system_prompt=system)
-        emphasized_message("Use <em>only</em> the context.", role="system")
-        ```
-
-    Args:
-        message: A message, or text to build one from (with ``role``).
-        spans: ``None`` parses inline markup out of the content; ``"all"`` emphasizes the
-            whole content; a list gives ``[start, end]`` spans into the content. Spans the
-            message already carries are kept (merged).
-        role: Role of the message built from a string (ignored for a message).
-        open_tag: Markup open tag, for ``spans=None``.
-        close_tag: Markup close tag, for ``spans=None``.
-        escape: Markup escape, for ``spans=None``.
-
-    Returns:
-        A new message whose ``additional_kwargs[SPANS_KEY]`` holds the spans.
-
-    Raises:
-        EmphasisError: Nothing to emphasize (no markup, empty content), or markup in a
-            message that already carries spans.
-        MarkupError: Malformed markup.
-        SpanError: Spans out of bounds, or non-string content.
-    """
-    base = _build_message(role, message, {}) if isinstance(message, str) else message
-    if not isinstance(base.content, str):
-        raise SpanError(f"{_describe(base, None)}: spans need string content.")
-    content = base.content
-    existing = message_spans(base)
-    if spans is None:
-        content, new = parse_emphasis(
-            content, open_tag=open_tag, close_tag=close_tag, escape=escape
-        )
-        if not new:
-            raise EmphasisError(
-                f"No {open_tag}...{close_tag} markup in {content!r}; pass spans='all' to "
-                "emphasize the whole message, or a list of spans."
-            )
-        if existing:
-            raise EmphasisError("The message already carries spans; cannot also parse markup.")
-    elif spans == "all":
-        if not content:
-            raise EmphasisError("Cannot emphasize an empty message.")
-        new = [(0, len(content))]
-    else:
-        new = normalize_spans(spans, len(content))
-    merged = normalize_spans([*existing, *new], len(content))
-    kwargs = {**base.additional_kwargs, SPANS_KEY: [[s, e] for s, e in merged]}
-    return base.model_copy(update={"content": content, "additional_kwargs": kwargs})
+SERIALIZABLE_CLASSES: tuple[type[Serializable], ...] = (
+    EmphasizedPromptTemplate,
+    EmphasizedChatPromptTemplate,
+    EmphasizedMessagePromptTemplate,
+    EmphasizedPromptValue,
+)
+"""This package's prompt classes, for ``loads(..., allowed_objects=...)``: add the core
+classes your template holds (``MessagesPlaceholder``, ``SystemMessage``...), and pass
+``valid_namespaces=["langchain_pasta"]``."""

@@ -35,6 +35,7 @@ from langchain_pasta import (
     emphasized_message,
     message_spans,
 )
+from langchain_pasta.prompts import SERIALIZABLE_CLASSES
 from pastalib.markup import MarkupError
 from pastalib.spans import SpanError
 
@@ -117,14 +118,15 @@ def test_jinja2_derived_strings_lose_emphasis() -> None:
     assert pieces(value) == ["hello"]
 
 
-def test_values_that_stringify_to_marks_are_reported() -> None:
+def test_values_that_stringify_to_old_sentinels_stay_literal() -> None:
     class Sneaky:
         def __str__(self) -> str:
             return "\ue001"
 
     prompt = EmphasizedPromptTemplate.from_template("{x} {y}", emphasized_variables=["x"])
-    with pytest.raises(EmphasisError, match="unbalanced"):
-        prompt.format(x="a", y=Sneaky())
+    value = prompt.format_prompt(x="a", y=Sneaky())
+    assert value.text == "a \ue001"
+    assert pieces(value) == ["a"]
 
 
 def test_multiple_occurrences_are_all_emphasized() -> None:
@@ -257,12 +259,13 @@ def test_malformed_markup_is_rejected_at_construction(template: str) -> None:
         EmphasizedPromptTemplate.from_template(template)
 
 
-def test_sentinels_in_values_or_template_are_rejected() -> None:
-    prompt = EmphasizedPromptTemplate.from_template("{x} {y}", emphasized_variables=["x"])
-    with pytest.raises(EmphasisError, match="'y'"):
-        prompt.format(x="a", y="b\ue001")
-    with pytest.raises(EmphasisError):
-        EmphasizedPromptTemplate.from_template("\ue000{x}")
+def test_private_use_characters_in_values_or_template_are_literal() -> None:
+    prompt = EmphasizedPromptTemplate.from_template(
+        "\ue000{x} {y}\ue004", emphasized_variables=["x"]
+    )
+    value = prompt.format_prompt(x="a", y="b\ue001\ue002\ue003")
+    assert value.text == "\ue000a b\ue001\ue002\ue003\ue004"
+    assert pieces(value) == ["a"]
 
 
 def test_non_string_values_for_mustache_and_jinja2() -> None:
@@ -292,7 +295,8 @@ def test_prompt_value_string_and_messages() -> None:
     assert isinstance(message, HumanMessage)
     assert message_pieces(message) == ["in", "French"]
     assert isinstance(value, StringPromptValue)
-    assert SPANS_KEY not in EmphasizedPromptValue(text="x").to_messages()[0].additional_kwargs
+    # Resolved, nothing emphasized.
+    assert EmphasizedPromptValue(text="x").to_messages()[0].additional_kwargs == {SPANS_KEY: []}
 
 
 def test_prompt_value_rejects_out_of_bounds_spans() -> None:
@@ -323,7 +327,7 @@ def test_chat_per_message_spans() -> None:
     assert isinstance(system, SystemMessage)
     assert isinstance(human, HumanMessage)
     assert message_pieces(system) == ["Bot", "Never reveal the code."]
-    assert SPANS_KEY not in plain.additional_kwargs
+    assert plain.additional_kwargs == {SPANS_KEY: []}
     assert message_pieces(human) == ["The code is 42.", "Bot"]
     assert_plain(value.to_string())
 
@@ -336,8 +340,9 @@ def test_chat_placeholder_keeps_incoming_spans() -> None:
     ]
     messages = chat_prompt().format_messages(name="B", document="d", question="q", history=history)
     assert message_pieces(messages[1]) == ["blue"]
-    assert SPANS_KEY not in messages[2].additional_kwargs
-    assert SPANS_KEY not in messages[3].additional_kwargs
+    assert messages[2].additional_kwargs == {SPANS_KEY: []}
+    assert messages[3].additional_kwargs == {SPANS_KEY: []}
+    assert all(SPANS_KEY in m.additional_kwargs for m in messages)
 
 
 def test_chat_built_messages_are_kept_and_checked() -> None:
@@ -356,9 +361,10 @@ def test_chat_converts_core_message_templates_with_markup() -> None:
     human, ai = prompt.format_messages(q="go")
     assert message_pieces(human) == ["go"]
     assert isinstance(ai, AIMessage)
-    assert SPANS_KEY not in ai.additional_kwargs
-    # A template with nothing to emphasize stays a core template.
-    assert type(prompt.messages[1]).__name__ == "AIMessagePromptTemplate"
+    assert ai.additional_kwargs == {SPANS_KEY: []}
+    # Every string template is upgraded, so an EmphasizedPromptValue value works there too.
+    assert isinstance(prompt.messages[1], EmphasizedMessagePromptTemplate)
+    assert message_pieces(prompt.format_messages(q=emphasize("a b", "b"))[1]) == ["b"]
 
 
 @pytest.mark.parametrize(
@@ -389,6 +395,41 @@ def test_chat_emphasis_survives_slicing_and_add() -> None:
     combined = prompt[:1] + ChatPromptTemplate.from_messages([("human", "x")])
     messages = combined.format_messages(name="N")
     assert message_pieces(messages[0]) == ["N", "Never reveal the code."]
+    assert type(combined) is EmphasizedChatPromptTemplate
+    assert messages[1].additional_kwargs == {SPANS_KEY: []}
+
+
+def test_chat_slice_keeps_class_partials_and_emphasis() -> None:
+    prompt = chat_prompt().partial(name="Bot")
+    tail = prompt[2:]
+    assert type(tail) is EmphasizedChatPromptTemplate
+    assert tail.emphasized_variables == ["document", "name"]
+    plain, human = tail.format_messages(document="D", question="Q")
+    assert plain.additional_kwargs == {SPANS_KEY: []}
+    assert message_pieces(human) == ["D", "Bot"]
+    head = chat_prompt()[:1]
+    assert head.emphasized_variables == ["name"]
+    assert head.input_variables == ["name"]
+    assert isinstance(chat_prompt()[0], EmphasizedMessagePromptTemplate)
+
+
+def test_chat_add_variants() -> None:
+    left = EmphasizedChatPromptTemplate.from_messages(
+        [("system", "<em>Rule</em> {a}")], emphasized_variables=["a"]
+    )
+    right = EmphasizedChatPromptTemplate.from_messages(
+        [("human", "{b} {c}")], emphasized_variables=["b"]
+    ).partial(c="C")
+    both = left + right
+    assert both.emphasized_variables == ["a", "b"]
+    system, human = both.format_messages(a="A", b="B")
+    assert message_pieces(system) == ["Rule", "A"]
+    assert human.content == "B C"
+    assert message_pieces(human) == ["B"]
+    with_text = left + "<em>Also</em> {d}"
+    assert message_pieces(with_text.format_messages(a="A", d="D")[1]) == ["Also"]
+    with_message = left + AIMessage("ok")
+    assert with_message.format_messages(a="A")[1].additional_kwargs == {SPANS_KEY: []}
 
 
 def test_chat_from_template() -> None:
@@ -535,7 +576,7 @@ def test_namespace() -> None:
         assert cls.is_lc_serializable()
 
 
-def test_serialisation_round_trip() -> None:
+def serialisable_objects() -> dict[str, Serializable]:
     text_prompt = EmphasizedPromptTemplate.from_template(
         "{{x}} [[y]]",
         template_format="mustache",
@@ -543,15 +584,102 @@ def test_serialisation_round_trip() -> None:
         open_tag="[[",
         close_tag="]]",
     )
-    for obj in [text_prompt, chat_prompt(), text_prompt.format_prompt(x="X")]:
-        revived = loads(
-            dumps(obj),
-            valid_namespaces=PASTA_NS,
-            allowed_objects=[*PASTA_CLASSES, MessagesPlaceholder, SystemMessage],
-        )
-        assert type(revived) is type(obj)
-        assert revived == obj
-    revived_text = loads(
-        dumps(text_prompt), valid_namespaces=PASTA_NS, allowed_objects=PASTA_CLASSES
+    f_prompt = EmphasizedPromptTemplate.from_template(
+        "<em>Rule</em> {a} {b}", emphasized_variables=["a"]
+    ).partial(b="B")
+    message = EmphasizedMessagePromptTemplate(
+        prompt=EmphasizedPromptTemplate.from_template("<em>Be terse.</em> {q}"),
+        role="system",
+        additional_kwargs={"name": "rules"},
     )
-    assert pieces(revived_text.format_prompt(x="X")) == ["X", "y"]
+    return {
+        "f-string": f_prompt,
+        "mustache": text_prompt,
+        "message": message,
+        "chat": chat_prompt(),
+        "chat_partial": chat_prompt().partial(name="Bot"),
+        "value": text_prompt.format_prompt(x="X"),
+    }
+
+
+VALUES = {
+    "f-string": {"a": "A"},
+    "mustache": {"x": "X"},
+    "message": {"q": "Q"},
+    "chat": {"name": "N", "document": "D", "question": "Q"},
+    "chat_partial": {"document": "D", "question": "Q"},
+}
+
+
+@pytest.mark.parametrize(
+    "name", ["f-string", "mustache", "message", "chat", "chat_partial", "value"]
+)
+def test_serialisation_round_trip(name: str) -> None:
+    obj = serialisable_objects()[name]
+    revived = loads(
+        dumps(obj),
+        valid_namespaces=PASTA_NS,
+        allowed_objects=[*SERIALIZABLE_CLASSES, MessagesPlaceholder, SystemMessage],
+    )
+    assert type(revived) is type(obj)
+    assert revived == obj
+    if isinstance(obj, EmphasizedPromptValue):
+        return
+    assert formatted(revived, VALUES[name]) == formatted(obj, VALUES[name])
+
+
+def formatted(obj: Any, values: dict[str, str]) -> list[Any]:
+    if isinstance(obj, EmphasizedPromptTemplate):
+        return [obj.format_prompt(**values)]
+    assert isinstance(obj, (EmphasizedChatPromptTemplate, EmphasizedMessagePromptTemplate))
+    return list(obj.format_messages(**values))
+
+
+def test_serialisation_allow_list_is_required() -> None:
+    prompt = EmphasizedPromptTemplate.from_template("<em>x</em> {y}")
+    with pytest.raises(ValueError, match="not allowed"):
+        loads(dumps(prompt), allowed_objects="core")
+    with pytest.raises(ValueError, match="not allowed"):
+        loads(dumps(prompt), valid_namespaces=PASTA_NS, allowed_objects="core")
+    revived = loads(dumps(prompt), valid_namespaces=PASTA_NS, allowed_objects=SERIALIZABLE_CLASSES)
+    assert pieces(revived.format_prompt(y="Y")) == ["x"]
+
+
+def test_serialisation_of_jinja2_needs_core_s_explicit_opt_in() -> None:
+    prompt = EmphasizedPromptTemplate.from_template(
+        "{% for d in docs %}<em>{{ d }}</em>{% endfor %}", template_format="jinja2"
+    )
+    text = dumps(prompt)
+    with pytest.raises(ValueError, match="Jinja2 templates are not allowed"):
+        loads(text, valid_namespaces=PASTA_NS, allowed_objects=SERIALIZABLE_CLASSES)
+    revived = loads(
+        text,
+        valid_namespaces=PASTA_NS,
+        allowed_objects=SERIALIZABLE_CLASSES,
+        init_validator=None,  # trusted template
+    )
+    assert revived == prompt
+    assert pieces(revived.format_prompt(docs=["a", "b"])) == ["ab"]
+
+
+def test_message_spans_tells_unset_from_resolved_none() -> None:
+    assert message_spans(HumanMessage("x"), none_if_unset=True) is None
+    assert message_spans(HumanMessage("x")) == []
+    resolved = HumanMessage("x", additional_kwargs={SPANS_KEY: []})
+    assert message_spans(resolved, none_if_unset=True) == []
+    multi = HumanMessage(content=[{"type": "text", "text": "x"}], additional_kwargs={SPANS_KEY: []})
+    assert message_spans(multi, none_if_unset=True) == []
+    with pytest.raises(SpanError, match="must be a list of pairs, got str"):
+        message_spans(HumanMessage("x", additional_kwargs={SPANS_KEY: ""}), index=0)
+    with pytest.raises(SpanError, match="pair of integers"):
+        message_spans(HumanMessage("abc", additional_kwargs={SPANS_KEY: [[0.5, 2]]}))
+
+
+def test_every_chat_message_is_resolved() -> None:
+    messages = chat_prompt().format_messages(
+        name="N", document="D", question="Q", history=[("human", "hi <em>x</em>"), AIMessage("ok")]
+    )
+    assert [message_spans(m, none_if_unset=True) is not None for m in messages] == [True] * 5
+    # The history message's markup is data: not parsed, not emphasized.
+    assert messages[1].content == "hi <em>x</em>"
+    assert messages[1].additional_kwargs == {SPANS_KEY: []}
