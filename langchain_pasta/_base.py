@@ -37,7 +37,12 @@ from pastalib.generation import (
     check_stop,
     generation_config,
 )
-from pastalib.heads import HeadConfigSpec, model_dimensions, resolve_head_config
+from pastalib.heads import (
+    HeadConfigSpec,
+    default_head_config,
+    model_dimensions,
+    parse_head_config,
+)
 from pastalib.pasta import PASTA
 from pastalib.spans import Span
 from pastalib.steering import SCALE_POSITIONS, ScalePosition
@@ -103,16 +108,6 @@ def shared_model(
         return model, tokenizer
 
 
-def default_head_config(model: PreTrainedModel, model_name: str = "") -> HeadConfigSpec:
-    """Every head of the last third of the layers: the fallback when no config is known."""
-    from pastalib.heads import shipped_head_configs
-
-    if model_name and model_name in shipped_head_configs():
-        return model_name
-    layers, _ = model_dimensions(model)
-    return list(range(layers - max(1, layers // 3), layers))
-
-
 # --------------------------------------------------------------------------------------------
 # Fields
 # --------------------------------------------------------------------------------------------
@@ -144,18 +139,21 @@ class PastaParams(BaseModel):
     """Name reported in metadata and traces; defaults to the model's ``name_or_path``."""
 
     head_config: HeadConfigSpec | None = None
-    """Steered heads: ``{layer: [heads]}``, a list of layers, a JSON path or a shipped config
-    name. ``None``: the shipped config for ``model_name`` if any, else every head of the last
-    third of the layers."""
+    """Steered heads: ``{layer: [heads]}``, a list of layers, ``"layers:A-B"``, a JSON path or
+    a shipped config name, optionally ending in ``@ALPHA``. ``None``: the shipped config that
+    matches the model's fingerprint (architecture, shape, tokenizer), however it was loaded;
+    else every head of the last third of the layers, with a logged warning."""
 
-    alpha: float = 0.01
-    """Attention to the non-emphasized prompt is multiplied by this (``exclude``); > 0."""
+    alpha: float | None = None
+    """Attention to the non-emphasized prompt is multiplied by this (``exclude``); > 0.
+    ``None``: the head config's recommended alpha, else 0.01."""
 
     scale_position: ScalePosition = "exclude"
     """``"exclude"`` scales everything but the emphasis; ``"include"`` the emphasis itself."""
 
     decode_steps: int | None = None
-    """Steer the prefill and only this many decode steps (``None``: every step); >= 0."""
+    """Steer the prefill and only this many decode steps; >= 0. ``None``: the head config's
+    recommendation, else every step."""
 
     max_new_tokens: int = Field(default=256, alias="max_tokens")
     """Most tokens generated per call (``max_tokens`` works too); >= 1."""
@@ -239,7 +237,7 @@ class PastaParams(BaseModel):
             self.model_name = Path(str(name)).name or str(name)
         if self.head_config is not None:
             layers, heads = model_dimensions(self.model)
-            resolve_head_config(self.head_config, layers, heads)  # fail at construction
+            parse_head_config(self.head_config, layers, heads)  # fail at construction
         return self
 
     @classmethod
@@ -269,7 +267,10 @@ class PastaParams(BaseModel):
 
     @classmethod
     def from_default(cls, **kwargs: Any) -> Self:
-        """The embedded SmolLM2-135M-Instruct with its shipped head config and settings.
+        """The embedded SmolLM2-135M-Instruct; its shipped head config and alpha apply.
+
+        The same as ``from_model_id("default")`` or ``from_model_id(<its directory>)``: the
+        shipped config is found by the model's fingerprint, not by how it was loaded.
 
         Args:
             **kwargs: Other fields (``alpha``, ``max_new_tokens``...).
@@ -277,17 +278,9 @@ class PastaParams(BaseModel):
         Returns:
             The LangChain model.
         """
-        from pastalib.heads import head_config_metadata, shipped_head_configs
         from pastalib.models import DEFAULT_MODEL_ID
 
         kwargs.setdefault("model_name", DEFAULT_MODEL_ID)
-        if DEFAULT_MODEL_ID in shipped_head_configs():
-            kwargs.setdefault("head_config", DEFAULT_MODEL_ID)
-            metadata = head_config_metadata(DEFAULT_MODEL_ID)
-            if isinstance(metadata.get("alpha"), (int, float)):
-                kwargs.setdefault("alpha", float(metadata["alpha"]))
-            if isinstance(metadata.get("decode_steps"), int):
-                kwargs.setdefault("decode_steps", metadata["decode_steps"])
         return cls.from_model_id(DEFAULT_MODEL_ID, **kwargs)
 
     @property
@@ -299,7 +292,9 @@ class PastaParams(BaseModel):
             or engine.model is not self.model
             or engine.tokenizer is not self.tokenizer
         ):
-            spec = self.head_config or default_head_config(self.model, self.model_name)
+            spec = self.head_config
+            if spec is None:
+                spec = default_head_config(self.model, self.tokenizer)
             pasta = PASTA(
                 self.model,
                 self.tokenizer,

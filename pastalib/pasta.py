@@ -25,6 +25,7 @@ from pastalib.heads import (
     LayerHeads,
     load_head_config,
     model_dimensions,
+    parse_head_config,
     resolve_head_config,
 )
 from pastalib.spans import (
@@ -43,6 +44,9 @@ from pastalib.steering import (
     prompt_bias,
     steer,
 )
+
+DEFAULT_ALPHA = 0.01
+"""The alpha used when neither the caller nor the head config recommends one."""
 
 
 class PASTA:
@@ -67,9 +71,11 @@ class PASTA:
         model: A causal LM whose modeling code routes through ``AttentionInterface``, loaded
             with the ``sdpa`` or ``eager`` backend.
         tokenizer: Its fast tokenizer (offset mappings are required).
-        head_config: ``{layer: [heads]}``, a list of layers (all their heads), a JSON path or a
-            shipped config name (see ``pasta heads``).
-        alpha: Scaling factor for the attention to scaled positions (> 0).
+        head_config: ``{layer: [heads]}``, a list of layers (all their heads), a layer range
+            ``"layers:18-29"``, a JSON path, a shipped config name (see ``pasta heads``) or a
+            :class:`~pastalib.heads.HeadConfig`; any string form may end in ``@ALPHA``.
+        alpha: Scaling factor for the attention to scaled positions (> 0). ``None``: the head
+            config's recommended alpha, else 0.01.
         scale_position: ``"exclude"`` scales the prompt outside the emphasis by ``alpha``;
             ``"include"`` scales the emphasis itself (emphasizing when ``alpha > 1``).
     """
@@ -79,18 +85,21 @@ class PASTA:
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         head_config: HeadConfigSpec,
-        alpha: float = 0.01,
+        alpha: float | None = None,
         scale_position: ScalePosition = "exclude",
     ) -> None:
-        check_alpha(alpha)
         _check_scale_position(scale_position)
         check_steerable(model)
         self.model = model
         self.tokenizer = tokenizer
-        self.alpha = float(alpha)
         self.scale_position: ScalePosition = scale_position
         self.num_layers, self.num_heads = model_dimensions(model)
-        self.head_config: LayerHeads = self.resolve_heads(head_config)
+        config = parse_head_config(head_config, self.num_layers, self.num_heads)
+        self.head_config: LayerHeads = config.layer_heads()
+        # An explicit alpha wins over the config's recommendation (a file's, or HEADS@ALPHA).
+        self.alpha = float(alpha if alpha is not None else config.alpha or DEFAULT_ALPHA)
+        check_alpha(self.alpha)
+        self.decode_steps: int | None = config.decode_steps
         found = attention_modules(model)
         if set(found) != set(range(self.num_layers)):
             raise SteeringError(
@@ -188,7 +197,13 @@ class PASTA:
         ``row_head_configs`` gives each row its own heads (one forward pass then scores many
         head choices, as profiling does); it excludes ``head_config``.
         """
+        if head_config is not None and row_head_configs is None:
+            override = parse_head_config(head_config, self.num_layers, self.num_heads)
+            head_config = override.layer_heads()
+            alpha = override.alpha if alpha is None else alpha
+            decode_steps = override.decode_steps if decode_steps is None else decode_steps
         alpha = self.alpha if alpha is None else alpha
+        decode_steps = self.decode_steps if decode_steps is None else decode_steps
         scale_position = self.scale_position if scale_position is None else scale_position
         _check_scale_position(scale_position)
         heads: LayerHeads | list[LayerHeads]

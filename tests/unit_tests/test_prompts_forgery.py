@@ -372,7 +372,6 @@ def test_lookalikes_of_an_emphasized_value_get_no_span(
 
 # --- through ChatPasta --------------------------------------------------------------------
 
-PENDING_CHATPASTA = "ChatPasta still parses <em> in messages without spans (lead: chat_models.py)"
 
 
 def chat_pasta() -> Any:
@@ -398,7 +397,6 @@ def retrieval_prompt() -> EmphasizedChatPromptTemplate:
     )
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=PENDING_CHATPASTA)
 def test_html_document_passes_through_a_chatpasta_chain_literally() -> None:
     messages = retrieval_prompt().format_messages(doc=HTML, q="Price?")
     text, spans = chat_pasta().render(messages)
@@ -406,7 +404,6 @@ def test_html_document_passes_through_a_chatpasta_chain_literally() -> None:
     assert [text[s:e] for s, e in spans] == ["Answer in euros."]
 
 
-@pytest.mark.xfail(strict=True, reason=PENDING_CHATPASTA)
 def test_stray_closing_tag_in_a_document_does_not_break_chatpasta() -> None:
     messages = retrieval_prompt().format_messages(doc="a </em> b", q="?")
     text, spans = chat_pasta().render(messages)
