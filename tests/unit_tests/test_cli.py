@@ -182,6 +182,29 @@ def test_bad_arguments_fail_before_the_model_load(
     assert no_model_load == []
 
 
+@pytest.mark.parametrize(
+    ("blocked", "args", "extra"),
+    [
+        ("llguidance", ["eval", "--tasks", "json_format", "--grammar"], "grammar"),
+        ("matplotlib", ["attention"], "plots"),
+        ("matplotlib", ["profile"], "plots"),
+    ],
+)
+def test_missing_extra_fails_before_the_model_load(
+    blocked: str,
+    args: list[str],
+    extra: str,
+    no_model_load: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setitem(sys.modules, blocked, None)
+    monkeypatch.chdir(tmp_path)
+    line = _one_error_line(CliRunner().invoke(app, args))
+    assert f'pip install "langchain-pasta[{extra}]"' in line
+    assert no_model_load == []
+
+
 def test_help_lists_every_command() -> None:
     commands = ["generate", "heads", "attention", "prepare", "profile", "eval", "select"]
     result = CliRunner().invoke(app, ["--help"], terminal_width=160)
