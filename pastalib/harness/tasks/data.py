@@ -18,6 +18,21 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from pastalib.harness.tasks import words
+from pastalib.harness.tasks.templates import (
+    BIOS,
+    END_PHRASES,
+    FORMAT_ASKS,
+    FORMAT_QUESTIONS,
+    JSON_ASKS,
+    KC_FACTS,
+    KC_QUESTIONS,
+    KC_TARGETS,
+    KC_WRAPPERS,
+    N_FILLERS,
+    PRONOUN_ASKS,
+    START_PHRASES,
+    WORD_LIMITS,
+)
 
 __all__ = [
     "FORMAT_KINDS",
@@ -145,216 +160,6 @@ def prompt_only_baseline(example: TaskExample) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Templates. Bios use a small markup: ``{they}``-family placeholders take the bio's pronoun
-# (capitalised when written ``{They}``), ``{plural|singular}`` picks the verb form that agrees
-# with it. This lets one template yield both the she/he bio and its exact "they" rewrite.
-# Sentence 2 of every bio starts with ``{They}`` so that the two-sentence pronoun target
-# always shows the rewrite.
-
-_BIOS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "train": (
-        (
-            "{name} is {a_occupation} who lives in {city}.",
-            "{They} {work|works} at {company}, and in {their} free time {they} {enjoy|enjoys} "
-            "{hobby}.",
-            "Friends say {they} {are|is} patient and that {their} advice is always practical.",
-        ),
-        (
-            "{name}, {a_occupation}, lives in {city} with two cats.",
-            "{They} {have|has} worked at {company} for six years and {know|knows} the place well.",
-            "{Their} favourite pastime is {hobby}.",
-        ),
-        (
-            "{name} lives in {city} and earns a living as {a_occupation}.",
-            "{They} joined {company} a few years ago, and {their} team depends on {them}.",
-            "When {they} {are|is} not working, {they} {like|likes} {hobby}.",
-        ),
-    ),
-    "test": (
-        (
-            "{name} is {a_occupation} and lives in {city}.",
-            "{They} {are|is} employed by {company} and {travel|travels} to work by train.",
-            "In {their} spare time {they} {enjoy|enjoys} {hobby}.",
-        ),
-        (
-            "{name} makes {their} home in {city} and works as {a_occupation}.",
-            "{They} {spend|spends} most days at {company}, where people trust {them} with "
-            "difficult jobs.",
-            "{They} also {enjoy|enjoys} {hobby}.",
-        ),
-        (
-            "{name} lives in {city}, where locals know {them} as a reliable {occupation}.",
-            "{They} {work|works} at {company} and {have|has} done so for a decade.",
-            "{Their} great passion is {hobby}.",
-        ),
-    ),
-}
-
-_JSON_ASKS: dict[str, tuple[str, ...]] = {
-    "train": (
-        "Answer the occupation of {name} and generate the answer as json format.",
-        'What is the occupation of {name}? Give the answer in JSON format with the keys "name" '
-        'and "occupation".',
-        "Return the occupation of {name} as a JSON object.",
-    ),
-    "test": (
-        "State the occupation of {name} and format the answer as JSON.",
-        "Reply with a JSON object holding the name and occupation of {name}.",
-        "Which job does {name} have? Answer in json format.",
-    ),
-}
-
-_PRONOUN_ASKS: dict[str, tuple[str, ...]] = {
-    "train": (
-        "Substitute 'she' and 'he' with 'they' and rewrite the text above.",
-        "For the text above, substitute 'she' and 'he' with 'they' and generate the rewritten "
-        "text.",
-        "Rewrite the bio above, replacing 'she' and 'he' with 'they'.",
-    ),
-    "test": (
-        "Substitute 'she' and 'he' with 'they' in the passage above and write it out again.",
-        "Change every 'she' and 'he' in the text above to 'they' and output the result.",
-        "Replace the pronouns 'she' and 'he' with 'they' and rewrite the paragraph.",
-    ),
-}
-
-# (question, answer) pairs; the answer is the content of a format-constraint target.
-_FORMAT_QUESTIONS: dict[str, tuple[tuple[str, str], ...]] = {
-    "train": (
-        ("What does {name} do for a living?", "{name} works as {a_occupation}."),
-        ("Where does {name} live?", "{name} lives in {city}."),
-        ("Which company does {name} work for?", "{name} works for {company}."),
-    ),
-    "test": (
-        ("What is the job of {name}?", "{name} is {a_occupation}."),
-        ("In which town does {name} live?", "{name} lives in {city}."),
-        ("Who employs {name}?", "{name} is employed by {company}."),
-    ),
-}
-
-_FORMAT_ASKS: dict[str, dict[str, tuple[str, ...]]] = {
-    "uppercase": {
-        "train": (
-            "Write your entire answer in capital letters.",
-            "Your answer must be written in uppercase letters only.",
-        ),
-        "test": ("Respond using only uppercase letters.", "Use ALL CAPS for the whole answer."),
-    },
-    "lowercase": {
-        "train": (
-            "Write your entire answer in lowercase letters.",
-            "Do not use any capital letters in your answer.",
-        ),
-        "test": ("Respond in all lowercase letters.", "Your whole reply must be in lowercase."),
-    },
-    "word_limit": {
-        "train": ("Answer in at most {k} words.", "Keep your answer to {k} words or fewer."),
-        "test": (
-            "Use no more than {k} words in your answer.",
-            "Your reply must not exceed {k} words.",
-        ),
-    },
-    "starts_with": {
-        "train": (
-            'Begin your answer with the exact phrase "{phrase}".',
-            'Start your reply with "{phrase}".',
-        ),
-        "test": (
-            'Your answer must open with the words "{phrase}".',
-            'The first words of your answer must be "{phrase}".',
-        ),
-    },
-    "ends_with": {
-        "train": (
-            'End your answer with the exact phrase "{phrase}"',
-            'Finish your reply with "{phrase}"',
-        ),
-        "test": (
-            'The last words of your answer must be "{phrase}"',
-            'Close your answer with the phrase "{phrase}"',
-        ),
-    },
-    "quoted": {
-        "train": (
-            "Wrap your entire answer in double quotation marks.",
-            "Put your whole answer inside double quotes.",
-        ),
-        "test": (
-            "Enclose your full reply in double quotes.",
-            "Surround the entire answer with double quotation marks.",
-        ),
-    },
-    "no_commas": {
-        "train": ("Do not use any commas in your answer.", "Your answer must not contain a comma."),
-        "test": (
-            "Avoid commas entirely in your reply.",
-            "Write your answer without a single comma.",
-        ),
-    },
-}
-
-# Phrases are part of the template instance, so they are split too. Start phrases read well
-# followed by a comma; end phrases carry their own final punctuation.
-_START_PHRASES: dict[str, tuple[str, ...]] = {
-    "train": ("In short", "According to the text", "As far as I can tell"),
-    "test": ("Based on the passage", "To put it briefly", "From what I read"),
-}
-_END_PHRASES: dict[str, tuple[str, ...]] = {
-    "train": ("That is all.", "Hope this helps.", "End of answer."),
-    "test": ("Thank you for asking.", "Nothing more to add.", "That is my answer."),
-}
-_WORD_LIMITS: tuple[int, ...] = (8, 10, 12, 15)
-_N_FILLERS = 4
-
-# Knowledge conflict: per relation, (fact, question) templates and the target's template.
-_KC_FACTS: dict[str, dict[str, tuple[str, ...]]] = {
-    "location": {
-        "train": ("{S} is located in {o}.", "{S} stands in the city of {o}."),
-        "test": ("{S} can be found in {o}.", "{S} is situated in the city of {o}."),
-    },
-    "language": {
-        "train": ("The official language of {s} is {o}.", "In {s}, the official language is {o}."),
-        "test": ("{S} has {o} as its official language.", "People in {s} officially speak {o}."),
-    },
-    "maker": {
-        "train": ("{S} was developed by {o}.", "{S} is a product made by {o}."),
-        "test": ("{S} was created by the company {o}.", "{o} is the company behind {s}."),
-    },
-}
-_KC_QUESTIONS: dict[str, dict[str, tuple[str, ...]]] = {
-    "location": {
-        "train": ("Where is {s} located?", "In which city is {s}?"),
-        "test": ("Which city is {s} in?", "Where can {s} be found?"),
-    },
-    "language": {
-        "train": ("What is the official language of {s}?", "Which language is official in {s}?"),
-        "test": (
-            "What language is spoken officially in {s}?",
-            "Name the official language of {s}.",
-        ),
-    },
-    "maker": {
-        "train": ("Which company developed {s}?", "Who makes {s}?"),
-        "test": ("Which company created {s}?", "What company is behind {s}?"),
-    },
-}
-_KC_TARGETS: dict[str, str] = {
-    "location": "{S} is located in {o}.",
-    "language": "The official language of {s} is {o}.",
-    "maker": "{S} was developed by {o}.",
-}
-_KC_WRAPPERS: dict[str, tuple[str, ...]] = {
-    "train": (
-        "Read the note and answer the question.\n\nNote: {fact}\n\nQuestion: {question}",
-        "{fact}\n\n{question}",
-    ),
-    "test": (
-        "Here is a recent update: {fact}\n\nUsing the update, answer this question: {question}",
-        "Context: {fact}\nQuestion: {question}",
-    ),
-}
-
-# --------------------------------------------------------------------------------------------
 # Rendering.
 
 _PRONOUN_FORMS: dict[str, dict[str, str]] = {
@@ -456,8 +261,8 @@ def _person_values(name: str, rng: random.Random) -> dict[str, str]:
 
 
 def _bio(split: str, rng: random.Random) -> tuple[int, tuple[str, ...]]:
-    index = rng.randrange(len(_BIOS[split]))
-    return index, _BIOS[split][index]
+    index = rng.randrange(len(BIOS[split]))
+    return index, BIOS[split][index]
 
 
 def _build_json(
@@ -466,8 +271,8 @@ def _build_json(
     name, pronoun = person
     values = _person_values(name, rng)
     b, bio = _bio(split, rng)
-    a = rng.randrange(len(_JSON_ASKS[split]))
-    ask = _render(_JSON_ASKS[split][a], values)
+    a = rng.randrange(len(JSON_ASKS[split]))
+    ask = _render(JSON_ASKS[split][a], values)
     bio_text = " ".join(_render(s, values, pronoun) for s in bio)
     return TaskExample(
         task="json_format",
@@ -489,8 +294,8 @@ def _build_pronoun(
     name, pronoun = person
     values = _person_values(name, rng)
     b, bio = _bio(split, rng)
-    a = rng.randrange(len(_PRONOUN_ASKS[split]))
-    ask = _PRONOUN_ASKS[split][a]
+    a = rng.randrange(len(PRONOUN_ASKS[split]))
+    ask = PRONOUN_ASKS[split][a]
     bio_text = " ".join(_render(s, values, pronoun) for s in bio)
     return TaskExample(
         task="pronoun_change",
@@ -515,9 +320,9 @@ def _build_format(
     # Cycle the sub-kinds so that any n >= 7 covers each about equally.
     kind = FORMAT_KINDS[index % len(FORMAT_KINDS)]
     b, bio = _bio(split, rng)
-    q = rng.randrange(len(_FORMAT_QUESTIONS[split]))
-    question, answer_template = _FORMAT_QUESTIONS[split][q]
-    a = rng.randrange(len(_FORMAT_ASKS[kind][split]))
+    q = rng.randrange(len(FORMAT_QUESTIONS[split]))
+    question, answer_template = FORMAT_QUESTIONS[split][q]
+    a = rng.randrange(len(FORMAT_ASKS[kind][split]))
     answer = _render(answer_template, values)
 
     constraint: str | int | None = None
@@ -526,21 +331,21 @@ def _build_format(
     elif kind == "lowercase":
         target = answer.lower()
     elif kind == "word_limit":
-        constraint = rng.choice(_WORD_LIMITS)
+        constraint = rng.choice(WORD_LIMITS)
         target = answer
     elif kind == "starts_with":
-        constraint = rng.choice(_START_PHRASES[split])
+        constraint = rng.choice(START_PHRASES[split])
         target = f"{constraint}, {answer}"
     elif kind == "ends_with":
-        constraint = rng.choice(_END_PHRASES[split])
+        constraint = rng.choice(END_PHRASES[split])
         target = f"{answer} {constraint}"
     elif kind == "quoted":
         target = f'"{answer}"'
     else:  # no_commas: the answers never contain one
         target = answer
-    ask = _FORMAT_ASKS[kind][split][a].format(k=constraint, phrase=constraint)
+    ask = FORMAT_ASKS[kind][split][a].format(k=constraint, phrase=constraint)
 
-    fillers = [_render(f, values) for f in rng.sample(words.FILLERS, _N_FILLERS)]
+    fillers = [_render(f, values) for f in rng.sample(words.FILLERS, N_FILLERS)]
     context = " ".join([*(_render(s, values, pronoun) for s in bio), *fillers])
     return TaskExample(
         task="format_constraints",
@@ -561,20 +366,20 @@ def _build_format(
 def _build_kc(item: KCItem, split: str, index: int, rng: random.Random, uid: str) -> TaskExample:
     relation, subject, old, new = item
     values = {"s": subject, "S": _cap(subject), "o": new}
-    f = rng.randrange(len(_KC_FACTS[relation][split]))
-    q = rng.randrange(len(_KC_QUESTIONS[relation][split]))
-    w = rng.randrange(len(_KC_WRAPPERS[split]))
-    fact = _render(_KC_FACTS[relation][split][f], values)
-    question = _render(_KC_QUESTIONS[relation][split][q], values)
+    f = rng.randrange(len(KC_FACTS[relation][split]))
+    q = rng.randrange(len(KC_QUESTIONS[relation][split]))
+    w = rng.randrange(len(KC_WRAPPERS[split]))
+    fact = _render(KC_FACTS[relation][split][f], values)
+    question = _render(KC_QUESTIONS[relation][split][q], values)
     return TaskExample(
         task="knowledge_conflict",
         kind=relation,
         split=split,
         uid=uid,
         template=f"{split}/{relation}-fact{f}+question{q}+wrapper{w}",
-        prompt=_KC_WRAPPERS[split][w].format(fact=fact, question=question),
+        prompt=KC_WRAPPERS[split][w].format(fact=fact, question=question),
         emphasized=(fact,),
-        target=_render(_KC_TARGETS[relation], values),
+        target=_render(KC_TARGETS[relation], values),
         subject=subject,
         answer=new,
         old_answer=old,
