@@ -51,14 +51,27 @@ BLOCKED = {blocked}
 for name in BLOCKED:
     sys.modules[name] = None
 
+import importlib, pkgutil
 import torch
 import langchain_pasta
 import pastalib
+
+# Every core module imports without the harness (the shims are the old harness paths).
+SHIMS = {{"pastalib.cli", "pastalib.evaluation", "pastalib.plots", "pastalib.profiling"}}
+core = [
+    info.name
+    for info in pkgutil.iter_modules(pastalib.__path__, "pastalib.")  # lists, imports nothing
+    if info.name not in {{"pastalib.harness", "pastalib.tasks"}} | SHIMS
+]
+for name in core:
+    importlib.import_module(name)
+core_loads_harness = sorted(name for name in sys.modules if name.startswith("pastalib.harness"))
+
 import pastalib.harness, pastalib.harness.evaluation, pastalib.harness.profiling
 from pastalib import PASTA, MissingExtraError
 from tests.tiny import tiny_model, tiny_tokenizer
 
-report = {{}}
+report = {{"core": core, "core_loads_harness": core_loads_harness}}
 model, tokenizer = tiny_model("llama", "sdpa", torch.float32), tiny_tokenizer()
 pasta = PASTA(model, tokenizer, {{1: [0, 2]}}, alpha=0.01)
 text = "Mary is a doctor. Answer the occupation of Mary as json format."
@@ -140,6 +153,8 @@ def test_core_works_without_any_extra(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(completed.stdout.split("REPORT", 1)[1])
+    assert {"pastalib.pasta", "pastalib.chat", "pastalib.heads"} <= set(report["core"])
+    assert report["core_loads_harness"] == []
     assert report["steering_changes_logits"] and report["generated"]
     for key, extra in (
         ("cli", "cli"),
