@@ -138,7 +138,11 @@ def _options(
         bool, typer.Option("--debug", help="Show the traceback of an error, not one line.")
     ] = False,
 ) -> None:
-    """PASTA: emphasize parts of a prompt and steer a local LLM's attention to them."""
+    """PASTA: emphasize parts of a prompt and steer a local LLM's attention to them.
+
+    ``--debug`` is declared here for the help and the parser; ``_Group.main`` reads it from
+    the arguments, because an error can come before this callback runs.
+    """
 
 
 def build_prompt(
