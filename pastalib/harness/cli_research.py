@@ -270,6 +270,10 @@ def select(
     out: Annotated[Path | None, output_option("JSON results file.", "--out", "-o")] = Path(
         "select_results.json"
     ),
+    config_out: Annotated[
+        Path | None,
+        output_option("Write the chosen candidate as a head-config file (loads as is)."),
+    ] = None,
     model: ModelOption = "default",
     threads: ThreadsOption = None,
 ) -> None:
@@ -279,7 +283,7 @@ def select(
     good as unsteered on every task (the rule that chose the shipped default). Use it after
     `pasta profile`: the profiling proxy is a cheap filter, generation decides.
     """
-    from pastalib.harness import evaluation, selection
+    from pastalib.harness import evaluation, profiling, selection
     from pastalib.pasta import PASTA
 
     names = task_list(tasks)
@@ -316,3 +320,8 @@ def select(
     if out is not None:
         evaluation.write_results(results, out)
         console.print(f"Wrote {out}")
+    if config_out is not None and best is not None:
+        profiling.write_head_config(config_out, selection.config_document(pasta, results, best))
+        console.print(f"Wrote the chosen head config to {config_out}")
+    elif config_out is not None:
+        console.print(f"Did not write {config_out}: no candidate was chosen.")

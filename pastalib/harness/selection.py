@@ -24,6 +24,7 @@ __all__ = [
     "Recommended",
     "best_candidate",
     "candidate_conditions",
+    "config_document",
     "parse_candidate",
     "rank_conditions",
     "recommended_settings",
@@ -185,6 +186,47 @@ def rank_conditions(
 def best_candidate(ranking: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The chosen row of a ranking: the first, if it is eligible."""
     return ranking[0] if ranking and ranking[0]["eligible"] else None
+
+
+def config_document(
+    pasta: PASTA, results: Mapping[str, Any], row: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The head-config file of a ranked candidate, loadable as is (``--head-config FILE``).
+
+    It stores the candidate's heads, the alpha and ``decode_steps`` it was run at (the file's
+    recommended settings) and how it was chosen.
+
+    Args:
+        pasta: The steerer the candidates were run with (for the model's dimensions).
+        results: What :func:`select` returned.
+        row: One row of ``results["ranking"]``.
+    """
+    from pastalib import __version__
+
+    settings = results["settings"]
+    condition = next(c for c in settings["conditions"] if c["name"] == row["name"])
+    heads = pasta.resolve_heads(condition["head_config"])
+    return {
+        "model": str(getattr(pasta.model.config, "_name_or_path", "")),
+        "tasks": list(settings["tasks"]),
+        "alpha": condition["alpha"],
+        "decode_steps": condition["decode_steps"],
+        "selection": "pasta select",
+        "candidate": row["name"],
+        "chosen_on": {
+            "split": settings["split"],
+            "skip": settings["skip"],
+            "limit": settings["limit"],
+            "seed": settings["seed"],
+            "macro_lenient_ok": row["rate"],
+            "eligible": row["eligible"],
+            "below_unsteered_on": list(row["worse_on"]),
+        },
+        "library_version": __version__,
+        "num_layers": pasta.num_layers,
+        "num_heads": pasta.num_heads,
+        "head_config": {str(layer): [int(h) for h in heads[layer]] for layer in sorted(heads)},
+    }
 
 
 def select(

@@ -67,7 +67,7 @@ def test_generate_reports_bad_input_after_the_load(model_dir: Path, heads_file: 
     base = ["generate", "<em>x</em> y", "--model", str(model_dir), "--no-chat"]
     # Known only once the model is loaded: the tiny model has 3 layers and no chat template.
     line = _one_error_line(runner.invoke(app, [*base, "--head-config", "layers:1-9"]))
-    assert "Layer 3 is out of range" in line and "3 layers" in line
+    assert "is out of range" in line and "3 layers" in line
     base[-1] = "--chat"
     line = _one_error_line(runner.invoke(app, [*base, "--head-config", str(heads_file)]))
     assert "has no chat template" in line
@@ -80,7 +80,8 @@ def test_debug_shows_the_traceback(model_dir: Path) -> None:
     assert result.exit_code == 2
     assert "Traceback (most recent call last)" in result.stderr
     assert "HeadConfigError" in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: Layer 3 is out of range")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "is out of range" in last
 
 
 @pytest.fixture
