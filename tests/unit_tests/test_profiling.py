@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -319,6 +320,36 @@ def test_rank_conditions_needs_no_task_below_the_baseline() -> None:
         evaluation.rank_conditions(results, baseline="nope")
 
 
+def test_config_document_of_a_selected_candidate_loads_as_is(tmp_path: Path, pasta: PASTA) -> None:
+    from pastalib.harness import selection
+
+    conditions = selection.candidate_conditions(pasta, ["layers:1-2@0.5", "layers:2-2"])
+    assert [(c.name, c.alpha) for c in conditions] == [
+        ("unsteered", None),
+        ("layers:1-2@0.5", 0.5),
+        ("layers:2-2", selection.DEFAULT_ALPHA),
+    ]
+    results = {
+        "settings": {
+            "conditions": [dataclasses.asdict(c) for c in conditions],
+            "tasks": ["knowledge_conflict"],
+            "split": "train",
+            "skip": 8,
+            "limit": 24,
+            "seed": 0,
+        }
+    }
+    row = {"name": "layers:1-2@0.5", "rate": 0.75, "eligible": True, "worse_on": []}
+    document = selection.config_document(pasta, results, row)
+    path = profiling.write_head_config(tmp_path / "chosen.json", document)
+    assert load_head_config(path) == {"1": [0, 1, 2, 3], "2": [0, 1, 2, 3]}
+    assert selection.recommended_settings(path) == selection.Recommended(alpha=0.5)
+    assert selection.resolve_settings(str(path), None) == (str(path), 0.5, None)
+    assert resolve_head_config(path, 3, 4) == {1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}
+    assert document["chosen_on"]["macro_lenient_ok"] == 0.75
+    assert document["candidate"] == "layers:1-2@0.5" and document["num_heads"] == 4
+
+
 def test_summarize_counts() -> None:
     rows = [
         {
@@ -455,6 +486,8 @@ def test_cli_profile_and_eval(tmp_path: Path, tiny_dir: Path) -> None:
             "2",
             "--out",
             str(selected),
+            "--config-out",
+            str(tmp_path / "chosen.json"),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -467,7 +500,13 @@ def test_cli_profile_and_eval(tmp_path: Path, tiny_dir: Path) -> None:
     assert [c["alpha"] for c in chosen["settings"]["conditions"]] == [None, 0.5, 0.2]
     assert chosen["examples"][0]["uid"] == "knowledge_conflict:train:0:2"
     assert {row["name"] for row in chosen["ranking"]} == {"layers:1-2@0.5", f"{out}@0.2"}
-    assert "Chosen:" in result.output or "No candidate" in result.output
+    if "Chosen:" in result.output:  # the random model may or may not beat unsteered
+        chosen_config = json.loads((tmp_path / "chosen.json").read_text())
+        assert chosen_config["candidate"] == chosen["ranking"][0]["name"]
+        assert chosen_config["alpha"] in (0.5, 0.2)
+    else:
+        assert "No candidate" in result.output and "Did not write" in result.output
+        assert not (tmp_path / "chosen.json").exists()
     for bad, message in (("layers:1-2@0", "alpha must be > 0"), ("layers:1-9", "out of range")):
         rejected = runner.invoke(app, ["select", "--model", str(tiny_dir), "-c", bad])
         assert rejected.exit_code != 0

@@ -1,0 +1,5 @@
+"""``python -m pastalib.harness``: the ``pasta`` command."""
+
+from pastalib.harness import main
+
+main()

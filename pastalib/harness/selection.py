@@ -1,0 +1,275 @@
+"""Choosing a head config and alpha: candidates, recommended settings, ranking on dev data.
+
+``pasta profile`` scores heads with a cheap proxy; generation decides. :func:`select` runs
+each candidate (``HEADS[@ALPHA]``) on a dev slice of the train split next to the unsteered
+model, and :func:`rank_conditions` keeps those at least as good as unsteered on every task,
+best macro rate first: the rule that chose the shipped default config.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pastalib.errors import HeadConfigError, ParameterError
+from pastalib.harness.evaluation import Condition, evaluate
+from pastalib.heads import HeadConfigSpec, head_config_metadata
+from pastalib.pasta import PASTA
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "Recommended",
+    "best_candidate",
+    "candidate_conditions",
+    "config_document",
+    "parse_candidate",
+    "rank_conditions",
+    "recommended_settings",
+    "resolve_settings",
+    "select",
+]
+
+DEFAULT_ALPHA = 0.01
+"""Alpha used when neither the caller nor the head config names one (the paper's value)."""
+
+
+@dataclass(frozen=True)
+class Recommended:
+    """The steering settings a head-config file recommends (None where it names none)."""
+
+    alpha: float | None = None
+    decode_steps: int | None = None
+
+
+def recommended_settings(head_config: HeadConfigSpec) -> Recommended:
+    """The ``alpha`` and ``decode_steps`` stored beside a head config (the one reader of both).
+
+    Inline configs (mappings, layer lists, ``layers:A-B`` ranges) recommend nothing.
+
+    TODO(heads): when ``pastalib.heads.HeadConfig`` (a dataclass carrying ``.alpha`` and
+    ``.decode_steps``) lands, return its fields here instead of re-reading the JSON.
+
+    Raises:
+        HeadConfigError: The file cannot be read, or stores an alpha or decode_steps of the
+            wrong type or range.
+    """
+    if not isinstance(head_config, (str, Path)):
+        return Recommended()
+    try:
+        metadata = head_config_metadata(head_config)
+    except (OSError, ValueError) as error:
+        raise HeadConfigError(f"Cannot read head config {str(head_config)!r}: {error}") from error
+    alpha, steps = metadata.get("alpha"), metadata.get("decode_steps")
+    if alpha is not None and (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float))
+        or not math.isfinite(alpha)
+        or alpha <= 0
+    ):
+        raise HeadConfigError(
+            f"Head config {str(head_config)!r}: alpha must be a finite number > 0, got {alpha!r}."
+        )
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise HeadConfigError(
+            f"Head config {str(head_config)!r}: decode_steps must be an integer >= 0 or null, "
+            f"got {steps!r}."
+        )
+    return Recommended(None if alpha is None else float(alpha), steps)
+
+
+def resolve_settings(
+    head_config: str, alpha: float | None, decode_steps: int | None = None
+) -> tuple[str, float, int | None]:
+    """Heads, alpha and decode_steps: explicit values, else ``HEADS@ALPHA``, else the config's.
+
+    Alpha falls back to :data:`DEFAULT_ALPHA`.
+    """
+    heads, at_alpha = parse_candidate(head_config)
+    recommended = recommended_settings(heads)
+    scale = next(a for a in (alpha, at_alpha, recommended.alpha, DEFAULT_ALPHA) if a is not None)
+    steps = decode_steps if decode_steps is not None else recommended.decode_steps
+    return heads, scale, steps
+
+
+def parse_candidate(spec: str) -> tuple[str, float | None]:
+    """Splits ``HEADS[@ALPHA]`` at the last ``@``: the head config and its alpha (None if absent).
+
+    Raises:
+        ParameterError: The alpha is not a finite number > 0, or HEADS is empty.
+    """
+    heads, at, alpha = spec.rpartition("@")
+    if not at:
+        return spec, None
+    if not heads:
+        raise ParameterError(f"{spec!r}: the head config before '@' is empty (HEADS@ALPHA).")
+    try:
+        value = float(alpha)
+    except ValueError:
+        raise ParameterError(
+            f"{spec!r}: alpha {alpha!r} after '@' is not a number (HEADS@ALPHA)."
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise ParameterError(f"{spec!r}: alpha must be > 0 and finite, got {value:g}.")
+    return heads, value
+
+
+def candidate_conditions(pasta: PASTA, candidates: Sequence[str]) -> list[Condition]:
+    """``unsteered`` and one steered condition per ``HEADS[@ALPHA]`` candidate.
+
+    Each candidate steers at its own alpha, else its config's recommended one, else
+    :data:`DEFAULT_ALPHA`, and at its config's recommended ``decode_steps``.
+
+    Raises:
+        ParameterError: A candidate is repeated or malformed.
+        HeadConfigError: A candidate's heads do not fit the model (checked before any
+            generation).
+    """
+    if len(set(candidates)) != len(candidates):
+        raise ParameterError("Each candidate must be given once.")
+    conditions = [Condition("unsteered")]
+    for spec in candidates:
+        heads, alpha, decode_steps = resolve_settings(spec, None)
+        pasta.resolve_heads(heads)
+        conditions.append(
+            Condition(spec, steer=True, head_config=heads, alpha=alpha, decode_steps=decode_steps)
+        )
+    return conditions
+
+
+def rank_conditions(
+    results: Mapping[str, Any], baseline: str = "unsteered", metric: str = "lenient_ok"
+) -> list[dict[str, Any]]:
+    """Ranks every condition but ``baseline`` for choosing a steering config on dev data.
+
+    A condition is *eligible* when it is at least as good as the baseline on every task; the
+    ranking puts eligible conditions first, each group by macro rate over tasks (best
+    first). This is the rule that chose the shipped default config.
+
+    Args:
+        results: What :func:`evaluate` returned, with ``baseline`` among its conditions.
+        baseline: The condition every candidate must match on each task.
+        metric: The rate compared (one of :data:`METRICS`).
+
+    Returns:
+        ``[{"name", "rate", "eligible", "worse_on"}]``, best first; ``worse_on`` lists the
+        tasks where the condition is below the baseline.
+
+    Raises:
+        ParameterError: ``baseline`` is not a condition of ``results``.
+    """
+    names = [condition["name"] for condition in results["settings"]["conditions"]]
+    if baseline not in names:
+        raise ParameterError(f"Baseline {baseline!r} is not among the conditions {names}.")
+    rows = []
+    for name in names:
+        if name == baseline:
+            continue
+        worse = [
+            task
+            for task, by_condition in results["tasks"].items()
+            if by_condition[name][metric] < by_condition[baseline][metric]
+        ]
+        rows.append(
+            {
+                "name": name,
+                "rate": results["overall"][name][metric],
+                "eligible": not worse,
+                "worse_on": worse,
+            }
+        )
+    return sorted(rows, key=lambda row: (not row["eligible"], -row["rate"]))
+
+
+def best_candidate(ranking: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The chosen row of a ranking: the first, if it is eligible."""
+    return ranking[0] if ranking and ranking[0]["eligible"] else None
+
+
+def config_document(
+    pasta: PASTA, results: Mapping[str, Any], row: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The head-config file of a ranked candidate, loadable as is (``--head-config FILE``).
+
+    It stores the candidate's heads, the alpha and ``decode_steps`` it was run at (the file's
+    recommended settings) and how it was chosen.
+
+    Args:
+        pasta: The steerer the candidates were run with (for the model's dimensions).
+        results: What :func:`select` returned.
+        row: One row of ``results["ranking"]``.
+    """
+    from pastalib import __version__
+
+    settings = results["settings"]
+    condition = next(c for c in settings["conditions"] if c["name"] == row["name"])
+    heads = pasta.resolve_heads(condition["head_config"])
+    return {
+        "model": str(getattr(pasta.model.config, "_name_or_path", "")),
+        "tasks": list(settings["tasks"]),
+        "alpha": condition["alpha"],
+        "decode_steps": condition["decode_steps"],
+        "selection": "pasta select",
+        "candidate": row["name"],
+        "chosen_on": {
+            "split": settings["split"],
+            "skip": settings["skip"],
+            "limit": settings["limit"],
+            "seed": settings["seed"],
+            "macro_lenient_ok": row["rate"],
+            "eligible": row["eligible"],
+            "below_unsteered_on": list(row["worse_on"]),
+        },
+        "library_version": __version__,
+        "num_layers": pasta.num_layers,
+        "num_heads": pasta.num_heads,
+        "head_config": {str(layer): [int(h) for h in heads[layer]] for layer in sorted(heads)},
+    }
+
+
+def select(
+    pasta: PASTA,
+    candidates: Sequence[str],
+    tasks: Sequence[str],
+    *,
+    skip: int = 8,
+    limit: int = 24,
+    seed: int = 0,
+    max_new_tokens: int = 40,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Generates with every candidate on a dev slice of train and ranks them.
+
+    Args:
+        pasta: The steerer wrapping the model.
+        candidates: ``HEADS[@ALPHA]`` specs (see :func:`candidate_conditions`).
+        tasks: Task names.
+        skip: Train examples to skip per task (those used for profiling).
+        limit: Dev examples per task.
+        seed: Data seed.
+        max_new_tokens: Generation length.
+        batch_size: Prompts per generate call.
+        progress: Called with the number of outputs just generated.
+
+    Returns:
+        What :func:`~pastalib.harness.evaluation.evaluate` returns, plus ``"ranking"``
+        (:func:`rank_conditions`).
+    """
+    conditions = candidate_conditions(pasta, candidates)
+    results = evaluate(
+        pasta,
+        tasks,
+        conditions,
+        split="train",
+        limit=limit,
+        seed=seed,
+        skip=skip,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    results["ranking"] = rank_conditions(results)
+    return results
