@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 # Texts that finish a JSON value or close a structure, best first. Ranked so that the greedy
 # search closes what is open rather than opening something new: brackets (after an optional
-# quote), then a lone quote, then the smallest literal values, then separators. Inside a
+# quote), then a lone quote, then separators, then the smallest literal values. Inside a
 # string only a token that starts with the closing quote closes anything.
 _CLOSING = re.compile(r'^"{0,2}[\]}]+$|^""$')
 _QUOTE = '"'
@@ -38,7 +38,8 @@ _SEPARATOR = re.compile(r'^"?[\]}]*, ?"?$')
 def _closing_rank(text: str) -> int:
     """Higher for a token that brings a JSON value closer to its end (0: not a closer).
 
-    A leading space counts for nothing: values follow the ``": "`` separator.
+    A leading space counts for nothing: values follow the ``": "`` separator. Literals rank
+    below separators, so that a number in progress ends instead of growing digit by digit.
     """
     if text == " ":
         return 10
@@ -47,10 +48,10 @@ def _closing_rank(text: str) -> int:
         return 100 + len(text)
     if text == _QUOTE:
         return 50
-    if text in _LITERALS:
-        return 40
     if _SEPARATOR.match(text):
-        return 20 + len(text)
+        return 30 + len(text)
+    if text in _LITERALS:
+        return 20
     return 0
 
 
