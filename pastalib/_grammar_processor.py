@@ -38,6 +38,7 @@ class _Row:
     loops: StringLoops
     fed: int = 0  # generated tokens fed to the matcher
     done: bool = False  # EOS, or padding after a stop criterion: no more tokens
+    stopped: bool = False  # a stop criterion ended the row (padding the grammar forbade)
     forced: bool = False  # the budget overrode the model's choice
     loop_bans: int = 0  # n-gram bans of the model's first choice
     loop_closes: int = 0  # strings closed because the model started repeating
@@ -149,7 +150,10 @@ class GrammarLogitsProcessor(LogitsProcessor):
             row.fed += 1
             if token in self.eos_ids or not bool(self.allowed[index, token]):
                 if token in self.eos_ids or token == self.pad_id:
-                    row.done = True  # EOS, or padding after a stop criterion ended the row
+                    # EOS where the grammar allowed it, or padding after a stop criterion.
+                    row.done = True
+                    row.stopped = not bool(self.allowed[index, token])
+                    row.fed -= 1  # padding and EOS are no output
                     return
                 raise GrammarError(
                     f"Row {index} generated token {token} "
@@ -319,6 +323,14 @@ class GrammarLogitsProcessor(LogitsProcessor):
         return self.is_accepting(row) and (
             self.rows[row].done or self.rows[row].matcher.is_stopped()
         )
+
+    def stopped_early(self, row: int) -> bool:
+        """Whether a stop sequence or stopping criterion ended the row (not EOS or the budget)."""
+        return self.rows[row].stopped
+
+    def generated(self, row: int) -> int:
+        """How many output tokens of the row the matcher has seen (EOS and padding excluded)."""
+        return self.rows[row].fed
 
     def forced_close(self, row: int) -> bool:
         """Whether the budget overrode the model's choice to close the value in time.

@@ -209,20 +209,30 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
 def check_complete(
     processor: GrammarLogitsProcessor, row: int, text: str, max_new_tokens: int
 ) -> None:
-    """Raises :class:`~pastalib.errors.LengthLimitError` when row ``row`` is not complete.
+    """Raises unless row ``row`` of a finished generation is a complete match of the grammar.
 
     Call it after :meth:`GrammarLogitsProcessor.finalize`, for each row whose output must be
     a complete value, instead of parsing a partial one.
 
     Raises:
-        LengthLimitError: The grammar was not complete when the output ended; names
-            ``max_tokens`` and carries ``text`` and ``max_new_tokens``.
+        LengthLimitError: The token budget (or ``max_time``) ended the output before it was
+            complete; the message names ``max_tokens``, the error carries ``text`` and
+            ``max_new_tokens``.
+        GrammarError: A stop sequence or stopping criterion ended the output before it was
+            complete.
     """
     if processor.is_accepting(row):
         return
+    count = processor.generated(row)
+    if processor.stopped_early(row):
+        raise GrammarError(
+            f"Constrained output was ended by a stop sequence after {count} tokens, before it "
+            f"was complete: {text[-80:]!r}. Remove the stop sequence for structured output."
+        )
     raise LengthLimitError(
-        f"Constrained output was cut off by max_tokens={max_new_tokens} (max_new_tokens) "
-        f"before it was complete: {text[-80:]!r}. Raise max_tokens or simplify the schema.",
+        f"Constrained output was cut off after {count} tokens by max_tokens={max_new_tokens} "
+        f"(max_new_tokens) before it was complete: {text[-80:]!r}. Raise max_tokens or "
+        "simplify the schema.",
         text=text,
         max_new_tokens=max_new_tokens,
     )

@@ -269,6 +269,10 @@ def test_padding_after_a_stop_criterion_is_not_an_error(
     )
     assert (out[0, prompt_length + 4 :] == tokenizer.pad_token_id).all()
     assert not processor.is_accepting(0)  # cut by the stop criterion, and says so
+    assert processor.stopped_early(0) and processor.generated(0) == 4
+    with pytest.raises(GrammarError, match="ended by a stop sequence after 4 tokens"):
+        check_complete(processor, 0, texts[0], 48)
+    assert not processor.stopped_early(1)
     assert processor.is_accepting(1) and json.loads(texts[1]).keys() == {"setup", "punchline"}
 
 
@@ -284,7 +288,8 @@ def test_output_cut_by_the_budget_raises_length_limit_error(
     with pytest.raises(LengthLimitError) as caught:
         check_complete(processor, 0, texts[0], 12)
     error = caught.value
-    assert "max_tokens=12" in str(error) and error.text == texts[0]
+    assert "after 12 tokens by max_tokens=12" in str(error) and error.text == texts[0]
+    assert not processor.stopped_early(0) and processor.generated(0) == 12
     assert error.max_new_tokens == 12 and isinstance(error, PastaError)
 
 
