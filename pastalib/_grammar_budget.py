@@ -8,8 +8,8 @@ Two helpers keep a constrained JSON value completable within ``max_new_tokens``:
   needs; once the budget left comes near it, the processor only allows tokens after which
   such a completion still fits.
 * :class:`StringLoops` follows the JSON string the output is in and bans a token that would
-  repeat an n-gram already written in that string, so a small model that loops inside a
-  string value has to move on.
+  repeat an n-gram already written in a string of this output, so a small model that loops
+  inside a string value has to move on.
 
 Both are private: the processor is the public API.
 """
@@ -178,7 +178,11 @@ def closing_path(
 
 
 class StringLoops:
-    """Follows a row's JSON string state and bans n-gram repeats inside one string.
+    """Follows a row's JSON string state and bans n-gram repeats inside its strings.
+
+    An n-gram is a run of tokens inside one string; once written, it may not come again in
+    that string or a later one of the same output (a small model otherwise loops inside the
+    ``setup`` of a joke, then copies it into the ``punchline``).
 
     Args:
         table: The vocabulary's :class:`TokenTable`.
@@ -210,12 +214,11 @@ class StringLoops:
             if len(self.tokens) >= self.ngram:
                 key = tuple(self.tokens[-self.ngram : -1])
                 self.seen.setdefault(key, set()).add(token)
-        else:  # a string opened or closed: the next one starts afresh
+        else:  # a string opened or closed: n-grams run within one string
             self.tokens = []
-            self.seen = {}
 
     def banned(self) -> set[int]:
-        """Tokens that would repeat an n-gram of the current string (empty outside strings)."""
+        """Tokens that would repeat a string n-gram of this output (empty outside strings)."""
         if not self.ngram or not self.in_string or len(self.tokens) < self.ngram - 1:
             return set()
         return self.seen.get(tuple(self.tokens[len(self.tokens) - self.ngram + 1 :]), set())

@@ -61,10 +61,10 @@ class GrammarLogitsProcessor(LogitsProcessor):
     still fits are allowed. The slack is shared: a string value keeps a fair part of it for
     the string values still to come, and closes at a sentence end once its part runs low.
 
-    Loop control: inside a JSON string, a token that would repeat one of that string's token
-    n-grams (``repeat_ngram``) is banned; once the model's first choice was such a repeat,
-    the string is closed at its next sentence end (or a few tokens later), so that the model
-    moves on.
+    Loop control: inside a JSON string, a token that would repeat a token n-gram
+    (``repeat_ngram``) already written in a string of this output is banned; once the
+    model's first choice was such a repeat, the string is closed at its next sentence end
+    (or a few tokens later), so that the model moves on.
 
     After ``generate``, call :meth:`finalize` with the returned sequences; then
     :meth:`is_accepting`, :meth:`forced_close`, :meth:`finish_reason` and
@@ -78,8 +78,8 @@ class GrammarLogitsProcessor(LogitsProcessor):
         batch: Rows in the generate call.
         prompt_length: Padded prompt length; later tokens are fed to the matchers.
         max_new_tokens: The generate call's token budget; None: no budget control.
-        repeat_ngram: Token n-gram length that may not repeat inside one JSON string
-            (>= 2); None or 0 turns loop control off.
+        repeat_ngram: Token n-gram length that may not repeat inside the JSON strings of one
+            output (>= 2); None or 0 turns loop control off.
         close_margin: Start checking completions this many tokens before the budget would
             no longer fit the shortest one found (>= 0).
         candidates: How many of the model's best tokens are checked near the end (>= 1).
