@@ -27,6 +27,8 @@ __all__ = ["GrammarLogitsProcessor"]
 # Once a string starts repeating itself, it is closed at its next sentence end, or this many
 # tokens later.
 _LOOP_GRACE = 8
+# Tokens to wait before searching again for a completion after a search found none.
+_RETRY = 8
 _SENTENCE_END = (b".", b"!", b"?", "\u3002".encode())
 
 
@@ -253,7 +255,10 @@ class GrammarLogitsProcessor(LogitsProcessor):
         state = row.loops.state
         path = closing_path(row.matcher, self.table, left, state)
         if path is None:
-            return  # no completion found within the budget: check_complete will say so
+            # No completion found within the budget (check_complete will say so); the search
+            # is costly when it fails, so look again only now and then.
+            row.next_check = row.fed + _RETRY
+            return
         slack = left - len(path)
         if opened and slack > 0:
             # Share the slack with the empty string values the completion still holds.
