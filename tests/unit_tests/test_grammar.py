@@ -435,3 +435,50 @@ def _token_table_from(texts: list[bytes]) -> Any:
 
     zeros = np.zeros(len(texts), dtype=np.int32)
     return TokenTable(texts, _order(zeros), _order(zeros), _order(zeros))
+
+
+def test_loop_control_bans_the_repeat_and_closes_the_string(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    word = _ids(tokenizer, " the")
+    assert len(word) == 1
+    prompt_length = tokenizer(["Tell me a joke about cats."], return_tensors="pt")[
+        "input_ids"
+    ].shape[1]
+    script = Script(_ids(tokenizer, '{"a": "') + word * 30, prompt_length)
+    # Without loop control the scripted loop runs until the budget cuts it.
+    loose, texts, _ = _generate(model, tokenizer, schema, 30, before=[script], repeat_ngram=0)
+    assert " the the the the" in texts[0] and not loose.is_accepting(0)
+    assert loose.loop_bans(0) == 0
+    # With bigrams banned, ' the the' may be written once; then the string is closed.
+    tight, texts, _ = _generate(
+        model, tokenizer, schema, 30, before=[script], repeat_ngram=2, max_new_tokens=30
+    )
+    value = json.loads(texts[0])
+    assert value["a"].count(" the the") == 1 and tight.loop_bans(0) >= 1
+    assert tight.loop_closes(0) == 1 and tight.is_accepting(0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_budget_holds_when_sampling(tokenizer: PreTrainedTokenizerFast, seed: int) -> None:
+    model = tiny_model("llama", dtype=torch.float32, seed=seed)
+    budget = _shortest_completion(tokenizer, JOKE) + 4
+    inputs = tokenizer(["Tell me a joke about cats.", "Oslo"], return_tensors="pt", padding=True)
+    processor = GrammarLogitsProcessor(
+        JOKE, model, tokenizer, 2, inputs["input_ids"].shape[1], max_new_tokens=budget
+    )
+    torch.manual_seed(seed)
+    out = model.generate(
+        **inputs,
+        max_new_tokens=budget,
+        do_sample=True,
+        temperature=1.5,
+        top_k=0,
+        pad_token_id=tokenizer.pad_token_id,
+        logits_processor=LogitsProcessorList([processor]),
+    )
+    processor.finalize(out)
+    for row in range(2):
+        text = tokenizer.decode(out[row, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert set(json.loads(text)) == {"setup", "punchline"} and processor.is_accepting(row)
