@@ -4,8 +4,14 @@ Steering moves *what* a model says; a grammar fixes *how* it is written. Combini
 separates the two: with the output format forced, any remaining difference between steered
 and unsteered generation is content.
 
-:class:`GrammarLogitsProcessor` plugs into ``model.generate(logits_processor=[...])``;
-:func:`json_schema_grammar` builds the grammar for one JSON value matching a schema.
+* :func:`check_json_schema` / :func:`compile_grammar` compile a schema or grammar without a
+  model and raise :class:`~pastalib.errors.GrammarError` naming what llguidance cannot do
+  (call them where a schema is bound);
+* :class:`GrammarLogitsProcessor` plugs into ``model.generate(logits_processor=[...])``. It
+  never turns itself off: a matcher error raises ``GrammarError``. Given ``max_new_tokens``
+  it closes the JSON value before the budget ends, and it stops loops inside strings;
+* :func:`check_complete` raises :class:`~pastalib.errors.LengthLimitError` for an output the
+  budget still cut off.
 """
 
 from __future__ import annotations
@@ -15,15 +21,21 @@ import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from pastalib.errors import GrammarError, LengthLimitError
 
 if TYPE_CHECKING:
     import llguidance
 
+    from pastalib._grammar_budget import TokenTable
+
 __all__ = [
     "JSON_GRAMMAR_OPTIONS",
     "GrammarLogitsProcessor",
+    "check_complete",
+    "check_json_schema",
+    "compile_grammar",
     "constrained_schema",
     "eos_token_ids",
     "json_schema_grammar",
@@ -73,12 +85,80 @@ def constrained_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def json_schema_grammar(schema: Mapping[str, Any] | None) -> str:
-    """An llguidance grammar for one JSON value matching ``schema`` (any object if None)."""
+    """An llguidance grammar for one JSON value matching ``schema`` (any object if None).
+
+    Raises:
+        GrammarError: llguidance cannot compile the schema (the message names the construct).
+    """
+    return check_json_schema(schema or {"type": "object"})
+
+
+def check_json_schema(schema: Mapping[str, Any]) -> str:
+    """Compiles a JSON schema for constrained decoding, without a model.
+
+    Call it where a schema is bound (``with_structured_output``, ``bind_tools``) so that an
+    unsupported schema fails there, not in the middle of a generation.
+
+    Returns:
+        The llguidance grammar (what :func:`json_schema_grammar` returns).
+
+    Raises:
+        GrammarError: ``schema`` is not a JSON object, or uses a construct llguidance does not
+            support (e.g. ``not``, ``if``/``then``, look-around in ``pattern``), or cannot be
+            satisfied; the message quotes llguidance's reason.
+    """
     import llguidance
 
-    return llguidance.LLMatcher.grammar_from_json_schema(
-        constrained_schema(schema or {"type": "object"})
-    )
+    if not isinstance(schema, Mapping):
+        raise GrammarError(f"schema must be a JSON schema object (a dict), got {type(schema)}.")
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(constrained_schema(schema))
+    except (TypeError, ValueError) as exc:
+        raise GrammarError(f"schema is not a valid JSON schema object: {exc}") from exc
+    return _validated(grammar, None, "schema")
+
+
+def compile_grammar(
+    grammar_or_schema: str | Mapping[str, Any],
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> str:
+    """Validates an llguidance grammar, or compiles a JSON schema (a dict), for decoding.
+
+    Args:
+        grammar_or_schema: A grammar from ``llguidance.LLMatcher.grammar_from_*`` (or Lark
+            source text), or a JSON schema dict (see :func:`check_json_schema`).
+        tokenizer: Also check the grammar against this tokenizer (special tokens named in a
+            Lark grammar must exist). Optional: most errors show without it.
+
+    Returns:
+        The grammar, ready for :class:`GrammarLogitsProcessor`.
+
+    Raises:
+        GrammarError: The grammar or schema does not compile; the message quotes llguidance.
+    """
+    if isinstance(grammar_or_schema, Mapping):
+        grammar = check_json_schema(grammar_or_schema)
+        return grammar if tokenizer is None else _validated(grammar, tokenizer, "schema")
+    if not isinstance(grammar_or_schema, str) or not grammar_or_schema.strip():
+        raise GrammarError(
+            "grammar must be a non-empty llguidance grammar string or a JSON schema dict, got "
+            f"{grammar_or_schema!r}."
+        )
+    return _validated(grammar_or_schema, tokenizer, "grammar")
+
+
+def _validated(grammar: str, tokenizer: PreTrainedTokenizerBase | None, what: str) -> str:
+    import llguidance
+
+    ll_tokenizer = None if tokenizer is None else _ll_tokenizer(tokenizer, len(tokenizer))
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, ll_tokenizer)
+    if is_error:
+        raise GrammarError(
+            f"The constrained decoder (llguidance) cannot compile this {what}: "
+            f"{messages[0].strip() if messages else 'unknown error'}"
+        )
+    return grammar
 
 
 def _ll_tokenizer(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> llguidance.LLTokenizer:
@@ -89,8 +169,20 @@ def _ll_tokenizer(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> llguid
         cached = _LL_TOKENIZERS.get(tokenizer)
         if cached is None or cached[0] != vocab_size:
             built = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)  # type: ignore[arg-type]
-            cached = _LL_TOKENIZERS[tokenizer] = (vocab_size, built)
+            cached = _LL_TOKENIZERS[tokenizer] = [vocab_size, built, None]
         return cached[1]
+
+
+def _token_table(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> TokenTable:
+    """The budget control's view of every token of ``tokenizer`` (built once)."""
+    from pastalib._grammar_budget import token_table
+
+    ll_tokenizer = _ll_tokenizer(tokenizer, vocab_size)
+    with _LL_LOCK:
+        cached = _LL_TOKENIZERS[tokenizer]
+        if cached[2] is None:
+            cached[2] = token_table(ll_tokenizer, vocab_size)
+        return cached[2]
 
 
 def logits_width(model: PreTrainedModel) -> int:
@@ -114,61 +206,38 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
     return ids
 
 
-class GrammarLogitsProcessor(LogitsProcessor):
-    """Masks every token that would break the grammar (one llguidance matcher per row).
+def check_complete(
+    processor: GrammarLogitsProcessor, row: int, text: str, max_new_tokens: int
+) -> None:
+    """Raises unless row ``row`` of a finished generation is a complete match of the grammar.
 
-    Args:
-        grammar: An llguidance grammar (e.g. from :func:`json_schema_grammar`).
-        model: The model that generates (its logits width and EOS ids are used).
-        tokenizer: The model's tokenizer.
-        batch: Rows in the generate call.
-        prompt_length: Padded prompt length; later tokens are fed to the matchers.
+    Call it after :meth:`GrammarLogitsProcessor.finalize`, for each row whose output must be
+    a complete value, instead of parsing a partial one.
 
     Raises:
-        ValueError: The grammar does not compile.
+        LengthLimitError: The token budget (or ``max_time``) ended the output before it was
+            complete; the message names ``max_tokens``, the error carries ``text`` and
+            ``max_new_tokens``.
+        GrammarError: A stop sequence or stopping criterion ended the output before it was
+            complete.
     """
+    if processor.is_accepting(row):
+        return
+    count = processor.generated(row)
+    if processor.stopped_early(row):
+        raise GrammarError(
+            f"Constrained output was ended by a stop sequence after {count} tokens, before it "
+            f"was complete: {text[-80:]!r}. Remove the stop sequence for structured output."
+        )
+    raise LengthLimitError(
+        f"Constrained output was cut off after {count} tokens by max_tokens={max_new_tokens} "
+        f"(max_new_tokens) before it was complete: {text[-80:]!r}. Raise max_tokens or "
+        "simplify the schema.",
+        text=text,
+        max_new_tokens=max_new_tokens,
+    )
 
-    def __init__(
-        self,
-        grammar: str,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        batch: int,
-        prompt_length: int,
-    ) -> None:
-        import llguidance
-        import llguidance.torch
 
-        vocab_size = logits_width(model)
-        ll_tokenizer = _ll_tokenizer(tokenizer, vocab_size)
-        self.matchers = [
-            llguidance.LLMatcher(ll_tokenizer, grammar, log_level=0) for _ in range(batch)
-        ]
-        if self.matchers and self.matchers[0].is_error():
-            raise ValueError(f"Invalid output grammar: {self.matchers[0].get_error()}")
-        self.fill = llguidance.torch.fill_next_token_bitmask
-        self.bitmask = llguidance.torch.allocate_token_bitmask(batch, vocab_size)
-        self.prompt_length = prompt_length
-        self.eos_ids = eos_token_ids(model, tokenizer)
-        self.done = [False] * batch
-        self.bits = torch.arange(32, dtype=torch.int32)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        """Feeds each row's last token to its matcher and masks the disallowed next tokens."""
-        if input_ids.shape[1] > self.prompt_length:
-            for row, matcher in enumerate(self.matchers):
-                if self.done[row]:
-                    continue
-                token = int(input_ids[row, -1])
-                # A finished row (EOS, or a stop string followed by padding) feeds no more tokens.
-                if token in self.eos_ids or not matcher.consume_token(token):
-                    self.done[row] = True
-        for row, matcher in enumerate(self.matchers):
-            if self.done[row]:
-                self.bitmask[row].fill_(-1)  # whatever comes is replaced by padding
-            else:
-                self.fill(matcher, self.bitmask, row)
-        vocab = scores.shape[-1]
-        allowed = ((self.bitmask.unsqueeze(-1) >> self.bits) & 1).bool()
-        allowed = allowed.view(allowed.shape[0], -1)[:, :vocab].to(scores.device)
-        return scores.masked_fill(~allowed, float("-inf"))  # type: ignore[return-value]
+# The processor lives in its own module (it needs the helpers above); imported last so that
+# ``from pastalib.grammar import GrammarLogitsProcessor`` keeps working.
+from pastalib._grammar_processor import GrammarLogitsProcessor  # noqa: E402
