@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import importlib.util
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -44,7 +45,7 @@ from langchain_pasta.prompts import SPANS_KEY, message_spans
 from pastalib.chat import ChatTurn, render_conversation
 from pastalib.errors import ChatTemplateError, MarkupError, ParameterError, ParameterTypeError
 from pastalib.generation import GenerationOutput, GenerationRequest, StopBuffer
-from pastalib.grammar import json_schema_grammar
+from pastalib.grammar import check_json_schema, compile_grammar, json_schema_grammar
 from pastalib.markup import parse_emphasis
 from pastalib.spans import Span
 from pastalib.tools import (
@@ -278,7 +279,10 @@ class ChatPasta(PastaParams, BaseChatModel):
             ParameterError: ``tool_choice`` names a tool that is not bound.
         """
         specs = [convert_to_openai_tool(tool) for tool in tools]
-        _forced_specs(specs, tool_choice)  # validate now rather than at call time
+        forced = _forced_specs(specs, tool_choice)  # validate now rather than at call time
+        if specs and (forced or importlib.util.find_spec("llguidance") is not None):
+            # A tool schema the grammar engine cannot compile fails here, naming the construct.
+            compile_grammar(tool_call_grammar([tool_description_spans(s, False)[0] for s in specs]))
         if tool_choice is not None:
             kwargs["tool_choice"] = tool_choice
         if emphasize_tools is not None:
@@ -343,6 +347,7 @@ class ChatPasta(PastaParams, BaseChatModel):
             )
         else:
             json_schema = spec["function"]["parameters"] if spec is not None else None
+            check_json_schema(json_schema or {"type": "object"})  # fail at bind, not mid-call
             llm = self.bind(
                 response_format={"type": "json_schema", "schema": json_schema},
                 ls_structured_output_format=trace,

@@ -515,8 +515,14 @@ class PastaEngine:
         if request.grammar is not None:
             from pastalib.grammar import GrammarLogitsProcessor
 
+            # Budget-aware: the value is closed within max_new_tokens whenever it fits.
             grammar = GrammarLogitsProcessor(
-                request.grammar, self.model, self.tokenizer, batch, prompt_length
+                request.grammar,
+                self.model,
+                self.tokenizer,
+                batch,
+                prompt_length,
+                max_new_tokens=int(request.config.max_new_tokens),
             )
             processors.append(grammar)
         eos = eos_token_ids(self.model, self.tokenizer)
@@ -559,6 +565,11 @@ class PastaEngine:
         prompt_length = prepared.inputs["input_ids"].shape[1]
         attention = prepared.inputs["attention_mask"]
         stops = prepared.request.stop
+        grammar = prepared.grammar
+        if grammar is not None:
+            from pastalib.grammar import check_complete
+
+            grammar.finalize(sequences)
         outputs = []
         for row in range(sequences.shape[0]):
             generated = sequences[row, prompt_length:].tolist()
@@ -577,6 +588,10 @@ class PastaEngine:
                     if first_stop(self._decode(generated[:n]), stops) is not None
                 )
                 text, reason = text[:cut], "stop"
+            if grammar is not None:
+                # Never a partial or unconstrained value: complete, or a specific error.
+                check_complete(grammar, row, text, int(prepared.request.config.max_new_tokens))
+                reason = grammar.finish_reason(row, reason)
             outputs.append(
                 GenerationOutput(
                     text=text,
