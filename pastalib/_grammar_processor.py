@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
+from pastalib._extras import require
 from pastalib._grammar_budget import StringLoops, closing_path, scan
 from pastalib.errors import GrammarError, ParameterError
 from pastalib.grammar import (
@@ -106,8 +107,8 @@ class GrammarLogitsProcessor(LogitsProcessor):
         candidates: int = 4,
         limits: llguidance.LLParserLimits | None = None,
     ) -> None:
-        import llguidance
-        import llguidance.torch
+        llguidance = require("llguidance")
+        require("llguidance.torch")
 
         _check_counts(max_new_tokens, repeat_ngram, close_margin, candidates)
         if not isinstance(grammar, str):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from pastalib._extras import require
 from pastalib.errors import GrammarError, LengthLimitError
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def check_json_schema(schema: Mapping[str, Any]) -> str:
             support (e.g. ``not``, ``if``/``then``, look-around in ``pattern``), or cannot be
             satisfied; the message quotes llguidance's reason.
     """
-    import llguidance
+    llguidance = require("llguidance")
 
     if not isinstance(schema, Mapping):
         raise GrammarError(f"schema must be a JSON schema object (a dict), got {type(schema)}.")
@@ -149,7 +150,7 @@ def compile_grammar(
 
 
 def _validated(grammar: str, tokenizer: PreTrainedTokenizerBase | None, what: str) -> str:
-    import llguidance
+    llguidance = require("llguidance")
 
     ll_tokenizer = None if tokenizer is None else _ll_tokenizer(tokenizer, len(tokenizer))
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, ll_tokenizer)
@@ -163,12 +164,12 @@ def _validated(grammar: str, tokenizer: PreTrainedTokenizerBase | None, what: st
 
 def _ll_tokenizer(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> llguidance.LLTokenizer:
     """The llguidance view of a tokenizer; built once (~1 s for large vocabularies)."""
-    import llguidance.hf
+    llguidance_hf = require("llguidance.hf")
 
     with _LL_LOCK:
         cached = _LL_TOKENIZERS.get(tokenizer)
         if cached is None or cached[0] != vocab_size:
-            built = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)  # type: ignore[arg-type]
+            built = llguidance_hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
             cached = _LL_TOKENIZERS[tokenizer] = [vocab_size, built, None]
         return cached[1]
 

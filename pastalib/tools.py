@@ -198,9 +198,10 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]], list[dict[st
 
 def tool_call_grammar(specs: Sequence[Mapping[str, Any]]) -> str:
     """An llguidance grammar for exactly one ``<tool_call>`` block calling one of ``specs``."""
-    import llguidance
-
+    from pastalib._extras import require
     from pastalib.grammar import constrained_schema
+
+    llguidance = require("llguidance")
 
     options = []
     for spec in specs:

@@ -21,6 +21,7 @@ from unittest import mock
 
 import torch
 
+from pastalib._extras import require
 from pastalib.errors import ModelNotAvailableError
 
 if TYPE_CHECKING:
@@ -33,17 +34,14 @@ GGUF_EXTRA = "langchain-pasta[gguf]"
 
 
 def require_gguf() -> None:
-    """Check that the ``gguf`` package is importable, naming the extra that installs it.
+    """Checks that GGUF reading (``gguf`` and ``accelerate``) is installed.
 
     Raises:
-        ModelNotAvailableError: ``gguf`` is not installed.
+        MissingExtraError: One is missing; the message names ``langchain-pasta[gguf]``. A
+            local Hugging Face model directory loads without them.
     """
-    if importlib.util.find_spec("gguf") is None:
-        raise ModelNotAvailableError(
-            "Reading a GGUF file (the embedded default model, or a .gguf path) needs the 'gguf' "
-            f"package: pip install '{GGUF_EXTRA}'. A local Hugging Face model directory loads "
-            "without it."
-        )
+    require("gguf")
+    require("accelerate")
 
 
 @contextlib.contextmanager

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
 import re
 import stat
+import sys
 import threading
 import time
 from pathlib import Path
@@ -470,13 +470,10 @@ def test_default_directory_given_by_path_is_prepared(
 def test_missing_gguf_package_names_the_extra(
     tmp_cache: Path, gguf_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pastalib.harness import gguf
+    from pastalib.errors import MissingExtraError
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        gguf.importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name)
-    )
-    with pytest.raises(ModelNotAvailableError, match=r"langchain-pasta\[gguf\]"):
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if the extra were not installed
+    with pytest.raises(MissingExtraError, match=r"langchain-pasta\[gguf\]"):
         prepare_gguf_model(gguf_file, progress=False)
     target = gguf_model_dir(gguf_file)
     assert not target.exists() and not list(target.parent.glob(f"{models._TMP_PREFIX}*"))
