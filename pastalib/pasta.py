@@ -37,6 +37,7 @@ from pastalib.steering import (
     SteeringPlan,
     attention_modules,
     check_alpha,
+    check_decode_steps,
     check_steerable,
     prompt_bias,
     steer,
@@ -204,6 +205,7 @@ class PASTA:
         ``row_head_configs`` gives each row its own heads (one forward pass then scores many
         head choices, as profiling does); it excludes ``head_config``.
         """
+        check_decode_steps(decode_steps)
         alpha = self.alpha if alpha is None else alpha
         scale_position = self.scale_position if scale_position is None else scale_position
         _check_scale_position(scale_position)
