@@ -7,6 +7,7 @@ Modules:
 * :mod:`~pastalib.steering.plan`: the per-call plan, its bias caches, and :func:`steer`;
 * :mod:`~pastalib.steering.attention`: the steered SDPA and eager functions and their
   registration with ``AttentionInterface`` / ``AttentionMaskInterface``;
+* :mod:`~pastalib.steering.mechanisms`: ``pasta``, ``boost`` and ``spotlight`` behind one API;
 * :mod:`~pastalib.steering.cpu_kernel`: the CPU segmented causal prefill (private aten op,
   with a public-API fallback).
 
@@ -42,11 +43,23 @@ from pastalib.steering.plan import (
 )
 from pastalib.steering.cpu_kernel import HAS_CPU_FLASH, SEGMENTED_MIN_QUERIES
 from pastalib.steering.attention import steered_eager_attention, steered_sdpa_attention
+from pastalib.steering.mechanisms import (
+    DEFAULT_SPOTLIGHT_TARGET,
+    MECHANISMS,
+    Mechanism,
+    boost_factor,
+    check_mechanism,
+    check_target,
+    mechanism_bias,
+    spotlight_bias,
+)
 # isort: on
 
 __all__ = [
+    "DEFAULT_SPOTLIGHT_TARGET",
     "HAS_CPU_FLASH",
     "MAX_KEY_SEGMENTS",
+    "MECHANISMS",
     "MIN_TRANSFORMERS",
     "SCALE_POSITIONS",
     "SEGMENTED_MIN_QUERIES",
@@ -54,17 +67,23 @@ __all__ = [
     "STEERED_EAGER",
     "STEERED_SDPA",
     "_ACTIVE_PLANS",
+    "Mechanism",
     "ScalePosition",
     "SteeringError",
     "SteeringPlan",
     "UnsupportedModelError",
     "attention_modules",
+    "boost_factor",
     "check_alpha",
     "check_decode_steps",
+    "check_mechanism",
     "check_steerable",
+    "check_target",
     "check_transformers_support",
     "expand_rows",
+    "mechanism_bias",
     "prompt_bias",
+    "spotlight_bias",
     "steer",
     "steered_backend",
     "steered_eager_attention",

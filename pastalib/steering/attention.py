@@ -35,6 +35,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_
 from pastalib.errors import UnsupportedModelError
 from pastalib.steering import cpu_kernel
 from pastalib.steering.backend import STEERED_EAGER, STEERED_SDPA
+from pastalib.steering.mechanisms import check_spotlight_support, spotlight_bias
 from pastalib.steering.plan import SteeringPlan, active_plans, expand_rows, lookup
 
 
@@ -127,8 +128,8 @@ def steered_eager_attention(
     eager = _module_eager_forward(module)
     steering = _steering_for(module, query, key)
     if steering is not None:
-        _, heads, bias = steering
-        is_causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
+        plan, heads, bias = steering
+        is_causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
         if heads is None:
             head_bias = bias
         else:
@@ -141,7 +142,14 @@ def steered_eager_attention(
                 device=query.device,
             )
             head_bias[:, heads] = bias
-        attention_mask = additive_mask(attention_mask, head_bias, query, key, bool(is_causal))
+        if not plan.key_only:
+            # Spotlight: head_bias is the span indicator per steered head; measure the shares.
+            check_spotlight_support(kwargs)
+            mask = additive_mask(attention_mask, query.new_zeros(()), query, key, is_causal)
+            head_bias = spotlight_bias(
+                query, key, head_bias, mask, _target(plan), scaling, kwargs.get("softcap")
+            )
+        attention_mask = additive_mask(attention_mask, head_bias, query, key, is_causal)
     elif attention_mask is not None and attention_mask.dtype == torch.bool:
         attention_mask = additive_mask(attention_mask, query.new_zeros(()), query, key, True)
     return eager(
@@ -170,6 +178,10 @@ def steered_sdpa_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     plan, heads, bias = steering
+    if not plan.key_only:
+        return _spotlight_sdpa(
+            module, plan, heads, bias, query, key, value, attention_mask, dropout, scaling, kwargs
+        )
     num_heads = query.shape[1]
     is_causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
     segments = cpu_kernel.prefill_segments(
@@ -226,6 +238,74 @@ def steered_sdpa_attention(
         is_causal=subset.is_causal,
         position_bias=bias,
         **kwargs,
+    )
+    output[:, :, heads] = steered  # output is [batch, q, heads, head_dim]
+    return output, None
+
+
+def _target(plan: SteeringPlan) -> float:
+    assert plan.target is not None  # steer() sets it for spotlight
+    return plan.target
+
+
+def _spotlight_sdpa(
+    module: torch.nn.Module,
+    plan: SteeringPlan,
+    heads: torch.Tensor | None,
+    span: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float,
+    scaling: float | None,
+    kwargs: dict[str, Any],
+) -> tuple[torch.Tensor, Any]:
+    """SDPA with spotlight's per-query bias on the steered heads.
+
+    ``span`` is the span indicator (``[batch, 1, 1, kv]``, or ``[batch, heads, 1, kv]`` already
+    zero on each row's unsteered heads). Prefills of a head subset recompute only those heads;
+    decode steps and whole layers take one SDPA call with the bias.
+    """
+    num_heads = query.shape[1]
+    is_causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
+    mask = additive_mask(attention_mask, query.new_zeros(()), query, key, is_causal)
+    target = _target(plan)
+    if heads is None or heads.numel() == num_heads or query.shape[2] == 1:
+        if heads is not None:
+            span = plan.head_bias(heads, span, num_heads)
+        bias = spotlight_bias(query, key, span, mask, target, scaling)
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            position_bias=bias,
+            **kwargs,
+        )
+    output, _ = sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
+    kv_heads = heads // (num_heads // key.shape[1])
+    sub_query = query.index_select(1, heads)
+    sub_key, sub_value = key.index_select(1, kv_heads), value.index_select(1, kv_heads)
+    bias = spotlight_bias(sub_query, sub_key, span, mask, target, scaling)
+    subset = _HeadSubset(is_causal)
+    rest = {name: item for name, item in kwargs.items() if name != "is_causal"}
+    steered, _ = sdpa_attention_forward(
+        subset,  # type: ignore[arg-type]
+        sub_query,
+        sub_key,
+        sub_value,
+        attention_mask,
+        dropout=dropout,
+        scaling=scaling,
+        is_causal=is_causal,
+        position_bias=bias,
+        **rest,
     )
     output[:, :, heads] = steered  # output is [batch, q, heads, head_dim]
     return output, None

@@ -23,6 +23,33 @@ from pastalib.steering.backend import attention_modules, config_ids, steered_bac
 ScalePosition = Literal["exclude", "include"]
 SCALE_POSITIONS: tuple[str, ...] = ("exclude", "include")
 
+Mechanism = Literal["pasta", "boost", "spotlight"]
+MECHANISMS: tuple[str, ...] = ("pasta", "boost", "spotlight")
+# A starting point for spotlight, not a tuned value.
+DEFAULT_SPOTLIGHT_TARGET = 0.3
+
+
+def check_mechanism(mechanism: object) -> None:
+    """Raises :class:`ParameterError` unless ``mechanism`` is one of :data:`MECHANISMS`."""
+    if not isinstance(mechanism, str) or mechanism not in MECHANISMS:
+        raise ParameterError(
+            f"Unknown mechanism {mechanism!r}; use one of {', '.join(map(repr, MECHANISMS))}."
+        )
+
+
+def check_target(target: object) -> None:
+    """Raises :class:`ParameterError` unless ``target`` is a number in the open interval (0, 1)."""
+    if (
+        isinstance(target, bool)
+        or not isinstance(target, (int, float))
+        or not math.isfinite(target)
+        or not 0 < target < 1
+    ):
+        raise ParameterError(
+            f"target (spotlight's attention share) must be a number in (0, 1), got {target!r}."
+        )
+
+
 # Above this many constant-bias runs of keys, prefill falls back to a materialised mask.
 MAX_KEY_SEGMENTS = 8
 
@@ -39,12 +66,18 @@ class SteeringPlan:
         prompt_bias: ``[batch, prompt_len]`` additive logit bias: ``log(alpha)`` at scaled
             positions, 0 elsewhere. Positions past ``prompt_len`` (generated tokens) get 0.
         decode_steps: Steer only the prefill and this many decode steps (None: all steps).
+        mechanism: ``"pasta"`` or ``"boost"`` (``prompt_bias`` is the bias itself), or
+            ``"spotlight"`` (``prompt_bias`` is 1.0 on the span; see
+            :mod:`pastalib.steering.mechanisms`).
+        target: Spotlight's attention share (None for the other mechanisms).
     """
 
     module_heads: dict[int, torch.Tensor | None]
     config_ids: frozenset[int]
     prompt_bias: torch.Tensor
     decode_steps: int | None = None
+    mechanism: Mechanism = "pasta"
+    target: float | None = None
     total_length: int | None = None
     forward_passes: int = 0
     _bias_cache: dict[tuple[Any, ...], Any] = field(default_factory=dict)
@@ -64,7 +97,7 @@ class SteeringPlan:
     @property
     def key_only(self) -> bool:
         """Whether the bias depends on the key position alone (not on the query)."""
-        return True
+        return self.mechanism != "spotlight"
 
     def key_bias(
         self, batch: int, kv_length: int, dtype: torch.dtype, device: torch.device
@@ -236,6 +269,8 @@ def steer(
     bias: torch.Tensor,
     *,
     decode_steps: int | None = None,
+    mechanism: Mechanism = "pasta",
+    target: float | None = None,
 ) -> Iterator[SteeringPlan]:
     """Steers ``model`` with a precomputed per-position bias while the context is open.
 
@@ -243,17 +278,37 @@ def steer(
         model: A transformers causal LM.
         head_config: Validated ``{layer: [heads]}``, or one such config per batch row (rows
             then steer different heads, e.g. to score many heads in one forward pass).
-        bias: ``[batch, seq]`` logit bias from :func:`prompt_bias`.
+            Ignored by ``mechanism="boost"``, which steers every head of every layer.
+        bias: ``[batch, seq]`` per-key tensor from
+            :func:`~pastalib.steering.mechanisms.mechanism_bias` (for ``"pasta"`` the same as
+            :func:`prompt_bias`; for ``"spotlight"`` the span indicator, not a bias).
         decode_steps: Steer the prefill and only this many decode steps (None: all).
+        mechanism: ``"pasta"`` (default), ``"boost"`` or ``"spotlight"``; see
+            :mod:`pastalib.steering.mechanisms`.
+        target: Spotlight's attention share in (0, 1) (None: :data:`DEFAULT_SPOTLIGHT_TARGET`);
+            only for ``mechanism="spotlight"``.
 
     Yields:
         The active plan (its ``forward_passes`` counts the steered passes).
 
     Raises:
-        ParameterError: ``decode_steps`` is not None or an int >= 0.
+        ParameterError: ``decode_steps`` is not None or an int >= 0, ``mechanism`` is unknown,
+            or ``target`` is outside (0, 1) or given to another mechanism.
     """
     check_decode_steps(decode_steps)
+    check_mechanism(mechanism)
+    if target is not None and mechanism != "spotlight":
+        raise ParameterError(
+            f"target applies only to mechanism='spotlight', got mechanism={mechanism!r}."
+        )
+    if mechanism == "spotlight":
+        target = DEFAULT_SPOTLIGHT_TARGET if target is None else target
+        check_target(target)
     modules = attention_modules(model)
+    if mechanism == "boost":
+        # InstABoost: every head of every layer, no profiling.
+        every_head = list(range(text_config(model).num_attention_heads))
+        head_config = {layer: every_head for layer in modules}
     per_row = not isinstance(head_config, Mapping)
     configs: Sequence[Mapping[int, Sequence[int]]] = (
         head_config if not isinstance(head_config, Mapping) else [head_config]
@@ -278,7 +333,14 @@ def steer(
             module_heads[id(module)] = torch.tensor(
                 sorted(configs[0][layer]), dtype=torch.long, device=device
             )
-    plan = SteeringPlan(module_heads, config_ids(model), bias, decode_steps=decode_steps)
+    plan = SteeringPlan(
+        module_heads,
+        config_ids(model),
+        bias,
+        decode_steps=decode_steps,
+        mechanism=mechanism,
+        target=target,
+    )
     with steered_backend(model):
         token = _ACTIVE_PLANS.set((*_ACTIVE_PLANS.get(), plan))
         try:

@@ -1,0 +1,164 @@
+"""Steering mechanisms behind one emphasis API: ``pasta``, ``boost`` and ``spotlight``.
+
+All three add a bias to attention logits on prompt keys; they differ in where and how much:
+
+* ``pasta`` (PASTA, arXiv 2311.02262): ``log(alpha)`` on the scaled positions (the prompt
+  outside the emphasis with ``scale_position="exclude"``, the emphasis with ``"include"``), in
+  the profiled heads of the head config only.
+* ``boost`` (InstABoost-style, arXiv 2506.13734): a constant ``log(beta)`` on the emphasized
+  keys in **every head of every layer**, with no profiling: the head config is ignored.
+  ``beta`` is read from ``alpha`` the way PASTA reads it: with ``"exclude"`` (the default)
+  PASTA scales the rest of the prompt by ``alpha``, which is the emphasis scaled by
+  ``1 / alpha`` relative to it, so ``beta = 1 / alpha`` (the default ``alpha=0.01`` gives
+  ``beta=100``); with ``"include"`` ``alpha`` scales the emphasis itself, so
+  ``beta = alpha``. ``beta`` must be > 1.
+* ``spotlight`` (SpotLight-style, dynamic): in the steered heads, for every query, the
+  emphasized span's share ``s`` of the attention is measured from two log-sum-exps (over the
+  span's keys and over all keys); only where ``0 < s < target`` the bias
+  ``b = log(target (1 - s) / (s (1 - target)))`` is added to the span's keys, which makes the
+  share exactly ``target``. ``alpha`` and ``scale_position`` are ignored.
+
+Generated tokens are never biased, and pads never belong to the emphasis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pastalib.errors import ParameterError, SteeringError, UnsupportedModelError
+from pastalib.steering.plan import (
+    DEFAULT_SPOTLIGHT_TARGET,
+    MECHANISMS,
+    Mechanism,
+    ScalePosition,
+    check_alpha,
+    check_mechanism,
+    check_target,
+    prompt_bias,
+)
+
+__all__ = [
+    "DEFAULT_SPOTLIGHT_TARGET",
+    "MECHANISMS",
+    "SPOTLIGHT_QUERY_BLOCK",
+    "Mechanism",
+    "boost_factor",
+    "check_mechanism",
+    "check_spotlight_support",
+    "check_target",
+    "mechanism_bias",
+    "spotlight_bias",
+]
+
+# Queries per block when spotlight measures the span's share (bounds the scores' memory).
+SPOTLIGHT_QUERY_BLOCK = 256
+
+
+def boost_factor(alpha: float, scale_position: ScalePosition) -> float:
+    """``beta`` of the boost mechanism from PASTA's ``alpha`` (see the module docstring).
+
+    Raises:
+        ParameterError: ``beta`` would not be > 1 (``alpha`` >= 1 with ``"exclude"``, or
+            ``alpha`` <= 1 with ``"include"``).
+    """
+    check_alpha(alpha)
+    if scale_position == "exclude":
+        if alpha >= 1:
+            raise ParameterError(
+                f"mechanism='boost' with scale_position='exclude' takes beta = 1/alpha, which must "
+                f"be > 1: alpha must be in (0, 1), got {alpha!r}."
+            )
+        return 1.0 / alpha
+    if scale_position == "include":
+        if alpha <= 1:
+            raise ParameterError(
+                f"mechanism='boost' with scale_position='include' takes beta = alpha, which must "
+                f"be > 1, got alpha={alpha!r}."
+            )
+        return float(alpha)
+    raise SteeringError(f"Unknown scale_position {scale_position!r}; use 'exclude' or 'include'.")
+
+
+def mechanism_bias(
+    emphasis: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mechanism: Mechanism,
+    alpha: float,
+    scale_position: ScalePosition,
+) -> torch.Tensor:
+    """The ``[batch, seq]`` float64 per-key tensor :func:`~pastalib.steering.steer` takes.
+
+    ``pasta``: :func:`~pastalib.steering.prompt_bias`. ``boost``: ``log(beta)`` on the
+    emphasized tokens. ``spotlight``: 1.0 on the emphasized tokens (the span indicator; the
+    bias itself is computed per query during attention).
+    """
+    check_mechanism(mechanism)
+    if mechanism == "pasta":
+        return prompt_bias(emphasis, attention_mask, alpha, scale_position)
+    emphasized = (attention_mask.bool() & emphasis.bool()).to(torch.float64)
+    if mechanism == "boost":
+        return emphasized * math.log(boost_factor(alpha, scale_position))
+    return emphasized
+
+
+def spotlight_bias(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    span: torch.Tensor,
+    mask: torch.Tensor,
+    target: float,
+    scaling: float | None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """The ``[batch, heads, q, kv]`` spotlight bias: ``b`` per query on the span's keys.
+
+    The share ``s`` comes from two log-sum-exps over blocks of
+    :data:`SPOTLIGHT_QUERY_BLOCK` queries (``s = exp(lse_span - lse_all)``), so the
+    probability matrix is never formed; the returned bias itself is ``[q, kv]`` per head.
+
+    Args:
+        query: ``[batch, heads, q, head_dim]``.
+        key: ``[batch, kv_heads, kv, head_dim]`` (GQA groups are expanded here).
+        span: ``[batch, 1 or heads, 1, kv]``, > 0 on the emphasized keys.
+        mask: The additive float mask (broadcastable to ``[batch, heads, q, kv]``).
+        target: The share ``psi`` in (0, 1) to raise the span to.
+        scaling: The softmax scale (None: ``head_dim ** -0.5``).
+        softcap: Logit softcapping (gemma2), applied before the mask as the model does.
+    """
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    on_span = span > 0
+    keys_t = key.to(dtype).transpose(-1, -2)
+    q_length = query.shape[2]
+    shift = torch.full((), math.log(target / (1 - target)), dtype=dtype, device=query.device)
+    blocks = []
+    for start in range(0, q_length, SPOTLIGHT_QUERY_BLOCK):
+        end = min(start + SPOTLIGHT_QUERY_BLOCK, q_length)
+        scores = query[:, :, start:end].to(dtype) @ keys_t * scale
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        block_mask = mask[..., start:end, :] if mask.dim() == 4 and mask.shape[-2] > 1 else mask
+        scores = scores + block_mask.to(dtype)
+        lse_all = torch.logsumexp(scores, dim=-1, keepdim=True)
+        lse_span = torch.logsumexp(scores.masked_fill(~on_span, -math.inf), dim=-1, keepdim=True)
+        share = (lse_span - lse_all).exp()
+        raise_it = (share > 0) & (share < target)
+        # b = log(psi / (1 - psi)) + log(1 - s) - log(s): the span's new share is exactly psi.
+        value = shift + torch.log1p(-share) - torch.log(share)
+        blocks.append(torch.where(raise_it, value, torch.zeros_like(value)))
+    per_query = torch.cat(blocks, dim=2)  # [batch, heads, q, 1]
+    return (per_query * on_span.to(dtype)).to(query.dtype)
+
+
+def check_spotlight_support(kwargs: dict[str, object]) -> None:
+    """Raises for attention features spotlight's share measurement does not model."""
+    if kwargs.get("s_aux") is not None:
+        raise UnsupportedModelError(
+            "mechanism='spotlight' does not support attention sinks (gpt-oss); use "
+            "mechanism='pasta' or 'boost'."
+        )
