@@ -35,7 +35,11 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_
 from pastalib.errors import UnsupportedModelError
 from pastalib.steering import cpu_kernel
 from pastalib.steering.backend import STEERED_EAGER, STEERED_SDPA
-from pastalib.steering.mechanisms import check_spotlight_support, spotlight_bias
+from pastalib.steering.mechanisms import (
+    check_spotlight_support,
+    spotlight_attention,
+    spotlight_bias,
+)
 from pastalib.steering.plan import SteeringPlan, active_plans, expand_rows, lookup
 
 
@@ -261,53 +265,36 @@ def _spotlight_sdpa(
     scaling: float | None,
     kwargs: dict[str, Any],
 ) -> tuple[torch.Tensor, Any]:
-    """SDPA with spotlight's per-query bias on the steered heads.
+    """The SDPA backend's spotlight path: plain SDPA, the steered heads recomputed by blocks.
 
     ``span`` is the span indicator (``[batch, 1, 1, kv]``, or ``[batch, heads, 1, kv]`` already
-    zero on each row's unsteered heads). Prefills of a head subset recompute only those heads;
-    decode steps and whole layers take one SDPA call with the bias.
+    zero on each row's unsteered heads).
     """
+    if dropout:
+        raise UnsupportedModelError(
+            "mechanism='spotlight' does not support attention dropout; call model.eval()."
+        )
     num_heads = query.shape[1]
     is_causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
     mask = additive_mask(attention_mask, query.new_zeros(()), query, key, is_causal)
     target = _target(plan)
-    if heads is None or heads.numel() == num_heads or query.shape[2] == 1:
-        if heads is not None:
-            span = plan.head_bias(heads, span, num_heads)
-        bias = spotlight_bias(query, key, span, mask, target, scaling)
-        return sdpa_attention_forward(
-            module,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=dropout,
-            scaling=scaling,
-            position_bias=bias,
-            **kwargs,
-        )
+    if heads is None or heads.numel() == num_heads:
+        steered = spotlight_attention(query, key, value, span, mask, target, scaling)
+        return steered.transpose(1, 2).contiguous(), None
     output, _ = sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )
     kv_heads = heads // (num_heads // key.shape[1])
-    sub_query = query.index_select(1, heads)
-    sub_key, sub_value = key.index_select(1, kv_heads), value.index_select(1, kv_heads)
-    bias = spotlight_bias(sub_query, sub_key, span, mask, target, scaling)
-    subset = _HeadSubset(is_causal)
-    rest = {name: item for name, item in kwargs.items() if name != "is_causal"}
-    steered, _ = sdpa_attention_forward(
-        subset,  # type: ignore[arg-type]
-        sub_query,
-        sub_key,
-        sub_value,
-        attention_mask,
-        dropout=dropout,
-        scaling=scaling,
-        is_causal=is_causal,
-        position_bias=bias,
-        **rest,
+    steered = spotlight_attention(
+        query.index_select(1, heads),
+        key.index_select(1, kv_heads),
+        value.index_select(1, kv_heads),
+        span,
+        mask,
+        target,
+        scaling,
     )
-    output[:, :, heads] = steered  # output is [batch, q, heads, head_dim]
+    output[:, :, heads] = steered.transpose(1, 2)  # output is [batch, q, heads, head_dim]
     return output, None
 
 

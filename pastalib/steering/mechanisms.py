@@ -24,6 +24,7 @@ Generated tokens are never biased, and pads never belong to the emphasis.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -49,6 +50,7 @@ __all__ = [
     "check_spotlight_support",
     "check_target",
     "mechanism_bias",
+    "spotlight_attention",
     "spotlight_bias",
 ]
 
@@ -103,29 +105,19 @@ def mechanism_bias(
     return emphasized
 
 
-def spotlight_bias(
+def _spotlight_blocks(
     query: torch.Tensor,
     key: torch.Tensor,
     span: torch.Tensor,
     mask: torch.Tensor,
     target: float,
     scaling: float | None,
-    softcap: float | None = None,
-) -> torch.Tensor:
-    """The ``[batch, heads, q, kv]`` spotlight bias: ``b`` per query on the span's keys.
+    softcap: float | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per block of queries: ``(masked scores, b [batch, heads, block, 1], span as bool)``.
 
-    The share ``s`` comes from two log-sum-exps over blocks of
-    :data:`SPOTLIGHT_QUERY_BLOCK` queries (``s = exp(lse_span - lse_all)``), so the
-    probability matrix is never formed; the returned bias itself is ``[q, kv]`` per head.
-
-    Args:
-        query: ``[batch, heads, q, head_dim]``.
-        key: ``[batch, kv_heads, kv, head_dim]`` (GQA groups are expanded here).
-        span: ``[batch, 1 or heads, 1, kv]``, > 0 on the emphasized keys.
-        mask: The additive float mask (broadcastable to ``[batch, heads, q, kv]``).
-        target: The share ``psi`` in (0, 1) to raise the span to.
-        scaling: The softmax scale (None: ``head_dim ** -0.5``).
-        softcap: Logit softcapping (gemma2), applied before the mask as the model does.
+    The share ``s`` comes from two log-sum-exps, ``s = exp(lse_span - lse_all)``; the
+    probability matrix is never formed. Scores are float32 at least.
     """
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
@@ -136,7 +128,6 @@ def spotlight_bias(
     keys_t = key.to(dtype).transpose(-1, -2)
     q_length = query.shape[2]
     shift = torch.full((), math.log(target / (1 - target)), dtype=dtype, device=query.device)
-    blocks = []
     for start in range(0, q_length, SPOTLIGHT_QUERY_BLOCK):
         end = min(start + SPOTLIGHT_QUERY_BLOCK, q_length)
         scores = query[:, :, start:end].to(dtype) @ keys_t * scale
@@ -150,9 +141,63 @@ def spotlight_bias(
         raise_it = (share > 0) & (share < target)
         # b = log(psi / (1 - psi)) + log(1 - s) - log(s): the span's new share is exactly psi.
         value = shift + torch.log1p(-share) - torch.log(share)
-        blocks.append(torch.where(raise_it, value, torch.zeros_like(value)))
-    per_query = torch.cat(blocks, dim=2)  # [batch, heads, q, 1]
-    return (per_query * on_span.to(dtype)).to(query.dtype)
+        yield scores, torch.where(raise_it, value, torch.zeros_like(value)), on_span
+
+
+def spotlight_bias(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    span: torch.Tensor,
+    mask: torch.Tensor,
+    target: float,
+    scaling: float | None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """The ``[batch, heads, q, kv]`` spotlight bias: ``b`` per query on the span's keys.
+
+    For eager attention, which materialises ``[batch, heads, q, kv]`` weights anyway.
+
+    Args:
+        query: ``[batch, heads, q, head_dim]``.
+        key: ``[batch, kv_heads, kv, head_dim]`` (GQA groups are expanded here).
+        span: ``[batch, 1 or heads, 1, kv]``, > 0 on the emphasized keys.
+        mask: The additive float mask (broadcastable to ``[batch, heads, q, kv]``).
+        target: The share ``psi`` in (0, 1) to raise the span to.
+        scaling: The softmax scale (None: ``head_dim ** -0.5``).
+        softcap: Logit softcapping (gemma2), applied before the mask as the model does.
+    """
+    blocks = [
+        b * on_span.to(b.dtype)
+        for _, b, on_span in _spotlight_blocks(query, key, span, mask, target, scaling, softcap)
+    ]
+    return torch.cat(blocks, dim=2).to(query.dtype)
+
+
+def spotlight_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    span: torch.Tensor,
+    mask: torch.Tensor,
+    target: float,
+    scaling: float | None,
+) -> torch.Tensor:
+    """Spotlight attention, ``[batch, heads, q, head_dim]``, one block of queries at a time.
+
+    The block's scores serve both the share measurement and the biased softmax, so no
+    ``[q, kv]`` tensor larger than one block (:data:`SPOTLIGHT_QUERY_BLOCK` queries) per head
+    exists at once. Arguments as :func:`spotlight_bias`; ``value`` like ``key``.
+    """
+    groups = query.shape[1] // value.shape[1]
+    if groups > 1:
+        value = value.repeat_interleave(groups, dim=1)
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    values = value.to(dtype)
+    blocks = []
+    for scores, b, on_span in _spotlight_blocks(query, key, span, mask, target, scaling, None):
+        probs = torch.softmax(scores + b * on_span.to(dtype), dim=-1)
+        blocks.append(probs @ values)
+    return torch.cat(blocks, dim=2).to(query.dtype)
 
 
 def check_spotlight_support(kwargs: dict[str, object]) -> None:
