@@ -149,9 +149,15 @@ def steered_eager_attention(
         if not plan.key_only:
             # Spotlight: head_bias is the span indicator per steered head; measure the shares.
             check_spotlight_support(kwargs)
-            mask = additive_mask(attention_mask, query.new_zeros(()), query, key, is_causal)
             head_bias = spotlight_bias(
-                query, key, head_bias, mask, _target(plan), scaling, kwargs.get("softcap")
+                query,
+                key,
+                head_bias,
+                attention_mask,
+                is_causal,
+                _target(plan),
+                scaling,
+                kwargs.get("softcap"),
             )
         attention_mask = additive_mask(attention_mask, head_bias, query, key, is_causal)
     elif attention_mask is not None and attention_mask.dtype == torch.bool:
@@ -276,10 +282,11 @@ def _spotlight_sdpa(
         )
     num_heads = query.shape[1]
     is_causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
-    mask = additive_mask(attention_mask, query.new_zeros(()), query, key, is_causal)
     target = _target(plan)
     if heads is None or heads.numel() == num_heads:
-        steered = spotlight_attention(query, key, value, span, mask, target, scaling)
+        steered = spotlight_attention(
+            query, key, value, span, attention_mask, is_causal, target, scaling
+        )
         return steered.transpose(1, 2).contiguous(), None
     output, _ = sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -290,7 +297,8 @@ def _spotlight_sdpa(
         key.index_select(1, kv_heads),
         value.index_select(1, kv_heads),
         span,
-        mask,
+        attention_mask,
+        is_causal,
         target,
         scaling,
     )

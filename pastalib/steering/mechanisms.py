@@ -105,11 +105,43 @@ def mechanism_bias(
     return emphasized
 
 
+def _block_mask(
+    attention_mask: torch.Tensor | None,
+    is_causal: bool,
+    start: int,
+    end: int,
+    q_length: int,
+    kv_length: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """The additive mask of queries ``[start, end)``, as SDPA would apply ``attention_mask``.
+
+    None or bool masks follow SDPA (``is_causal`` with upper-left alignment, never for a single
+    query); float masks are additive already. Built per block: no ``[q, kv]`` mask is made.
+    """
+    minimum = torch.finfo(dtype).min
+    if attention_mask is None:
+        if not is_causal or q_length == 1:
+            return None
+        rows = torch.arange(start, end, device=device)[:, None]
+        allowed = rows >= torch.arange(kv_length, device=device)[None, :]
+    else:
+        has_rows = attention_mask.shape[-2] > 1
+        block = attention_mask[..., start:end, :kv_length] if has_rows else attention_mask
+        block = block[..., :kv_length]
+        if block.dtype != torch.bool:
+            return block.to(dtype)
+        allowed = block
+    return torch.where(allowed, torch.zeros((), dtype=dtype, device=device), minimum)
+
+
 def _spotlight_blocks(
     query: torch.Tensor,
     key: torch.Tensor,
     span: torch.Tensor,
-    mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    is_causal: bool,
     target: float,
     scaling: float | None,
     softcap: float | None,
@@ -133,8 +165,11 @@ def _spotlight_blocks(
         scores = query[:, :, start:end].to(dtype) @ keys_t * scale
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
-        block_mask = mask[..., start:end, :] if mask.dim() == 4 and mask.shape[-2] > 1 else mask
-        scores = scores + block_mask.to(dtype)
+        mask = _block_mask(
+            attention_mask, is_causal, start, end, q_length, key.shape[2], dtype, query.device
+        )
+        if mask is not None:
+            scores = scores + mask
         lse_all = torch.logsumexp(scores, dim=-1, keepdim=True)
         lse_span = torch.logsumexp(scores.masked_fill(~on_span, -math.inf), dim=-1, keepdim=True)
         share = (lse_span - lse_all).exp()
@@ -148,7 +183,8 @@ def spotlight_bias(
     query: torch.Tensor,
     key: torch.Tensor,
     span: torch.Tensor,
-    mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    is_causal: bool,
     target: float,
     scaling: float | None,
     softcap: float | None = None,
@@ -161,14 +197,18 @@ def spotlight_bias(
         query: ``[batch, heads, q, head_dim]``.
         key: ``[batch, kv_heads, kv, head_dim]`` (GQA groups are expanded here).
         span: ``[batch, 1 or heads, 1, kv]``, > 0 on the emphasized keys.
-        mask: The additive float mask (broadcastable to ``[batch, heads, q, kv]``).
+        attention_mask: The mask the attention function got (None, bool or float; a
+            ``[batch or 1, 1, q or 1, kv or more]`` tensor).
+        is_causal: Whether a None mask means causal (as SDPA's ``is_causal``).
         target: The share ``psi`` in (0, 1) to raise the span to.
         scaling: The softmax scale (None: ``head_dim ** -0.5``).
         softcap: Logit softcapping (gemma2), applied before the mask as the model does.
     """
     blocks = [
         b * on_span.to(b.dtype)
-        for _, b, on_span in _spotlight_blocks(query, key, span, mask, target, scaling, softcap)
+        for _, b, on_span in _spotlight_blocks(
+            query, key, span, attention_mask, is_causal, target, scaling, softcap
+        )
     ]
     return torch.cat(blocks, dim=2).to(query.dtype)
 
@@ -178,7 +218,8 @@ def spotlight_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     span: torch.Tensor,
-    mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    is_causal: bool,
     target: float,
     scaling: float | None,
 ) -> torch.Tensor:
@@ -194,7 +235,10 @@ def spotlight_attention(
     dtype = torch.promote_types(query.dtype, torch.float32)
     values = value.to(dtype)
     blocks = []
-    for scores, b, on_span in _spotlight_blocks(query, key, span, mask, target, scaling, None):
+    blocks_of = _spotlight_blocks(
+        query, key, span, attention_mask, is_causal, target, scaling, None
+    )
+    for scores, b, on_span in blocks_of:
         probs = torch.softmax(scores + b * on_span.to(dtype), dim=-1)
         blocks.append(probs @ values)
     return torch.cat(blocks, dim=2).to(query.dtype)
