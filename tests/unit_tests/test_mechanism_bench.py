@@ -25,6 +25,15 @@ def test_cell_has_every_mechanism_with_paired_ratios(tiny: Any) -> None:
             assert stats["min"] <= stats["median"] <= stats["max"], name
     assert cell["unsteered"]["prefill_ratio"]["median"] == 1.0
     assert cell["unsteered"]["tokens_differ_from_unsteered"] is False
-    table = mechanisms.markdown({"cells": [{"model": "tiny", "prompt": 40, "variants": cell}]})
-    assert table.count("\n") == 5
+    layer = mechanisms.layer_cell(tiny, 40, 2, reps=2, log=lambda _: None)
+    assert list(layer) == ["unsteered", "pasta", "boost", "spotlight"]
+    assert layer["unsteered"]["prefill_ratio"] == layer["unsteered"]["decode_ratio"] == 1.0
+    assert all(entry["decode_best_ms"] > 0 for entry in layer.values())
+    table = mechanisms.markdown(
+        {
+            "cells": [{"model": "tiny", "prompt": 40, "variants": cell}],
+            "layers": [{"model": "tiny", "prompt": 40, "mechanisms": layer}],
+        }
+    )
+    assert table.count("\n") == 12
     assert tiny.config._attn_implementation == "sdpa"
