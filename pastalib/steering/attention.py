@@ -283,24 +283,46 @@ def _spotlight_sdpa(
     num_heads = query.shape[1]
     is_causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
     target = _target(plan)
-    if heads is None or heads.numel() == num_heads:
-        steered = spotlight_attention(
-            query, key, value, span, attention_mask, is_causal, target, scaling
+    if query.shape[2] == 1:
+        # Decode: the scores of one query are cheap; one SDPA call takes the bias, zero on
+        # the unsteered heads (their span indicator is zero, so their share is 0: no bias).
+        if heads is not None:
+            span = plan.head_bias(heads, span, num_heads)
+        bias = spotlight_bias(query, key, span, attention_mask, is_causal, target, scaling)
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            position_bias=bias,
+            **kwargs,
         )
-        return steered.transpose(1, 2).contiguous(), None
+    segments = cpu_kernel.prefill_segments(
+        plan, heads, query, key, value, attention_mask, is_causal, dropout
+    )
+
+    def attend(sub_query: torch.Tensor, sub_key: torch.Tensor, sub_value: torch.Tensor) -> Any:
+        if segments is not None:
+            return cpu_kernel.segmented_spotlight_attention(
+                sub_query, sub_key, sub_value, segments, scaling, target
+            )
+        return spotlight_attention(
+            sub_query, sub_key, sub_value, span, attention_mask, is_causal, target, scaling
+        )
+
+    if heads is None or heads.numel() == num_heads:
+        return attend(query, key, value).transpose(1, 2).contiguous(), None
     output, _ = sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )
     kv_heads = heads // (num_heads // key.shape[1])
-    steered = spotlight_attention(
+    steered = attend(
         query.index_select(1, heads),
         key.index_select(1, kv_heads),
         value.index_select(1, kv_heads),
-        span,
-        attention_mask,
-        is_causal,
-        target,
-        scaling,
     )
     output[:, :, heads] = steered.transpose(1, 2)  # output is [batch, q, heads, head_dim]
     return output, None

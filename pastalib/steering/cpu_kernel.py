@@ -9,6 +9,7 @@ with an augmented value column, which is exact as well.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 
 # Prefills at least this long use the segmented causal kernel (below, the masked kernel wins).
 SEGMENTED_MIN_QUERIES = 1024
+# Spotlight's alternative is computing scores by hand, so segmenting pays off much earlier.
+SPOTLIGHT_SEGMENTED_MIN_QUERIES = 64
 # The CPU flash kernel that returns the log-sum-exp (a private aten op; absent: public fallback).
 HAS_CPU_FLASH = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
 
@@ -35,19 +38,23 @@ def prefill_segments(
     is_causal: bool,
     dropout: float,
 ) -> list[tuple[int, int, torch.Tensor | None]] | None:
-    """The key runs for :func:`segmented_causal_attention`, or None where it does not apply.
+    """The key runs for the segmented kernels, or None where they do not apply.
 
-    It applies to long unpadded causal prefills on CPU (where plain SDPA takes its causal fast
-    path) when every row steers the same heads with a bias that depends on the key only.
+    They apply to long unpadded causal prefills on CPU (where plain SDPA takes its causal fast
+    path) when every row steers the same heads: :func:`segmented_causal_attention` for a bias
+    on the keys (pasta, boost), :func:`segmented_spotlight_attention` (which needs the private
+    op) for spotlight.
     """
     q_length = query.shape[2]
+    spotlight = not plan.key_only
+    minimum = SPOTLIGHT_SEGMENTED_MIN_QUERIES if spotlight else SEGMENTED_MIN_QUERIES
     if (
         heads is None
-        or not plan.key_only
+        or (spotlight and not HAS_CPU_FLASH)
         or attention_mask is not None
         or not is_causal
         or dropout
-        or q_length < SEGMENTED_MIN_QUERIES
+        or q_length < minimum
         or key.shape[2] != q_length
         or query.device.type != "cpu"
         or key.shape[-1] != value.shape[-1]
@@ -113,6 +120,71 @@ def segmented_causal_attention(
         ) * (lse - merged).exp().unsqueeze(-1)
         total[:, :, start:] = merged
     assert output is not None
+    return output.to(query.dtype)
+
+
+def segmented_spotlight_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segments: Segments,
+    scaling: float | None,
+    target: float,
+) -> torch.Tensor:
+    """Spotlight over causal key runs: the span's share from the runs' log-sum-exps.
+
+    One causal flash call per run, as :func:`segmented_causal_attention`; runs whose marker is
+    positive (per row) belong to the span. ``s = exp(lse_span - lse_all)`` per query, and where
+    ``0 < s < target`` the span runs' weights get ``b = log(target (1 - s) / (s (1 - target)))``
+    before the merge. No score or probability matrix is formed.
+
+    Args:
+        query: ``[batch, heads, q, head_dim]``.
+        key: ``[batch, kv_heads, q, head_dim]`` (GQA groups are expanded here).
+        value: Same shape as ``key``.
+        segments: From :meth:`SteeringPlan.key_segments` on the span indicator.
+        scaling: The softmax scale (None: ``head_dim ** -0.5``).
+        target: The share to raise the span to, in (0, 1).
+
+    Returns:
+        ``[batch, heads, q, head_dim]``.
+    """
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    parts = []
+    lse_span: torch.Tensor | None = None
+    lse_rest: torch.Tensor | None = None
+    for start, end, marker in segments:
+        part, lse = flash(
+            query[:, :, start:],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            0.0,
+            True,
+            scale=scaling,
+        )
+        if lse_span is None or lse_rest is None:
+            lse_span = torch.full_like(lse, -math.inf)
+            lse_rest = torch.full_like(lse, -math.inf)
+        on_span = torch.zeros((), dtype=torch.bool) if marker is None else marker > 0
+        on_span = on_span.to(lse.device)
+        span_now, rest_now = lse_span[:, :, start:], lse_rest[:, :, start:]
+        lse_span[:, :, start:] = torch.where(on_span, torch.logaddexp(span_now, lse), span_now)
+        lse_rest[:, :, start:] = torch.where(on_span, rest_now, torch.logaddexp(rest_now, lse))
+        parts.append((start, part, lse, on_span))
+    assert lse_span is not None and lse_rest is not None
+    share = (lse_span - torch.logaddexp(lse_span, lse_rest)).exp()
+    raise_it = (share > 0) & (share < target)
+    b = math.log(target / (1 - target)) + torch.log1p(-share) - torch.log(share)
+    b = torch.where(raise_it, b, torch.zeros_like(b))
+    total = torch.logaddexp(lse_span + b, lse_rest)
+    output = torch.zeros(query.shape, dtype=total.dtype, device=query.device)
+    for start, part, lse, on_span in parts:
+        weight = lse + torch.where(on_span, b[:, :, start:], 0.0) - total[:, :, start:]
+        output[:, :, start:] += part.to(total.dtype) * weight.exp().unsqueeze(-1)
     return output.to(query.dtype)
 
 

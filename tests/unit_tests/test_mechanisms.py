@@ -403,3 +403,38 @@ def test_bad_mechanism_and_target(tokenizer: Any) -> None:
         pass
     assert issubclass(ParameterError, PastaError)
     assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gemma3_text", "opt"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_spotlight_segmented_prefill_matches_reference(
+    arch: str, dtype: torch.dtype, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unpadded prefills take spotlight's segmented kernel (shares from the runs' LSEs): exact.
+
+    Two rows of the same text emphasize different spans, so the span runs differ per row.
+    """
+    monkeypatch.setattr(cpu_kernel, "SPOTLIGHT_SEGMENTED_MIN_QUERIES", 1)
+    used: list[int] = []
+    original = cpu_kernel.segmented_spotlight_attention
+    monkeypatch.setattr(
+        cpu_kernel,
+        "segmented_spotlight_attention",
+        lambda *a, **k: used.append(1) or original(*a, **k),
+    )
+    model = tiny_model(arch, "sdpa", dtype)
+    pasta = PASTA(model, tokenizer, HEADS, mechanism="spotlight", target=TARGET)
+    texts = [TEXTS[0], TEXTS[0]]
+    spans = spans_of(texts, [EMPHASIS[0], "generate the answer"])
+    inputs, offsets = pasta.inputs_from_batch(texts)
+    assert bool(inputs["attention_mask"].all())
+    keys = key_values("spotlight", tokenizer, texts, spans)
+    with spy_attention(STEERED_SDPA) as calls, pasta.steer_spans(inputs, offsets, spans):
+        model(**inputs)
+    assert used, "the segmented spotlight kernel must have run"
+    atol = 1e-10 if dtype == torch.float64 else 1e-5
+    for call in calls:
+        expected, _ = reference(call, "spotlight", keys, HEADS[call.layer])
+        plain, _ = reference(call, "spotlight", None, HEADS[call.layer])
+        assert torch.allclose(call.output.double(), expected, atol=atol), call.layer
+        assert (plain - expected).abs().max() > 1e-4
