@@ -151,18 +151,18 @@ def _spotlight_blocks(
     The share ``s`` comes from two log-sum-exps, ``s = exp(lse_span - lse_all)``; the
     probability matrix is never formed. Scores are float32 at least.
     """
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    batch, heads, q_length, head_dim = query.shape
+    kv_heads, kv_length = key.shape[1], key.shape[2]
+    scale = scaling if scaling is not None else head_dim**-0.5
     dtype = torch.promote_types(query.dtype, torch.float32)
     on_span = span > 0
     keys_t = key.to(dtype).transpose(-1, -2)
-    q_length = query.shape[2]
     shift = torch.full((), math.log(target / (1 - target)), dtype=dtype, device=query.device)
     for start in range(0, q_length, SPOTLIGHT_QUERY_BLOCK):
         end = min(start + SPOTLIGHT_QUERY_BLOCK, q_length)
-        scores = query[:, :, start:end].to(dtype) @ keys_t * scale
+        # GQA without copying keys: a KV head's query heads are consecutive, so they stack.
+        grouped = query[:, :, start:end].to(dtype).reshape(batch, kv_heads, -1, head_dim)
+        scores = (grouped @ keys_t).view(batch, heads, end - start, kv_length) * scale
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
         mask = _block_mask(
@@ -195,7 +195,7 @@ def spotlight_bias(
 
     Args:
         query: ``[batch, heads, q, head_dim]``.
-        key: ``[batch, kv_heads, kv, head_dim]`` (GQA groups are expanded here).
+        key: ``[batch, kv_heads, kv, head_dim]`` (GQA: query heads grouped per KV head).
         span: ``[batch, 1 or heads, 1, kv]``, > 0 on the emphasized keys.
         attention_mask: The mask the attention function got (None, bool or float; a
             ``[batch or 1, 1, q or 1, kv or more]`` tensor).
@@ -229,9 +229,8 @@ def spotlight_attention(
     ``[q, kv]`` tensor larger than one block (:data:`SPOTLIGHT_QUERY_BLOCK` queries) per head
     exists at once. Arguments as :func:`spotlight_bias`; ``value`` like ``key``.
     """
-    groups = query.shape[1] // value.shape[1]
-    if groups > 1:
-        value = value.repeat_interleave(groups, dim=1)
+    batch, heads, _, head_dim = query.shape
+    kv_heads, kv_length = value.shape[1], value.shape[2]
     dtype = torch.promote_types(query.dtype, torch.float32)
     values = value.to(dtype)
     blocks = []
@@ -240,7 +239,9 @@ def spotlight_attention(
     )
     for scores, b, on_span in blocks_of:
         probs = torch.softmax(scores + b * on_span.to(dtype), dim=-1)
-        blocks.append(probs @ values)
+        rows = probs.shape[2]
+        grouped = probs.reshape(batch, kv_heads, -1, kv_length) @ values
+        blocks.append(grouped.view(batch, heads, rows, head_dim))
     return torch.cat(blocks, dim=2).to(query.dtype)
 
 
