@@ -136,28 +136,23 @@ def _block_mask(
     return torch.where(allowed, torch.zeros((), dtype=dtype, device=device), minimum)
 
 
-def _spotlight_blocks(
+def _block_scores(
     query: torch.Tensor,
     key: torch.Tensor,
-    span: torch.Tensor,
     attention_mask: torch.Tensor | None,
     is_causal: bool,
-    target: float,
     scaling: float | None,
     softcap: float | None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per block of queries: ``(masked scores, b [batch, heads, block, 1], span as bool)``.
+) -> Iterator[torch.Tensor]:
+    """Masked attention scores, ``[batch, heads, block, kv]``, per block of queries.
 
-    The share ``s`` comes from two log-sum-exps, ``s = exp(lse_span - lse_all)``; the
-    probability matrix is never formed. Scores are float32 at least.
+    Float32 at least; at most :data:`SPOTLIGHT_QUERY_BLOCK` queries per block.
     """
     batch, heads, q_length, head_dim = query.shape
     kv_heads, kv_length = key.shape[1], key.shape[2]
     scale = scaling if scaling is not None else head_dim**-0.5
     dtype = torch.promote_types(query.dtype, torch.float32)
-    on_span = span > 0
     keys_t = key.to(dtype).transpose(-1, -2)
-    shift = torch.full((), math.log(target / (1 - target)), dtype=dtype, device=query.device)
     for start in range(0, q_length, SPOTLIGHT_QUERY_BLOCK):
         end = min(start + SPOTLIGHT_QUERY_BLOCK, q_length)
         # GQA without copying keys: a KV head's query heads are consecutive, so they stack.
@@ -166,17 +161,9 @@ def _spotlight_blocks(
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
         mask = _block_mask(
-            attention_mask, is_causal, start, end, q_length, key.shape[2], dtype, query.device
+            attention_mask, is_causal, start, end, q_length, kv_length, dtype, query.device
         )
-        if mask is not None:
-            scores = scores + mask
-        lse_all = torch.logsumexp(scores, dim=-1, keepdim=True)
-        lse_span = torch.logsumexp(scores.masked_fill(~on_span, -math.inf), dim=-1, keepdim=True)
-        share = (lse_span - lse_all).exp()
-        raise_it = (share > 0) & (share < target)
-        # b = log(psi / (1 - psi)) + log(1 - s) - log(s): the span's new share is exactly psi.
-        value = shift + torch.log1p(-share) - torch.log(share)
-        yield scores, torch.where(raise_it, value, torch.zeros_like(value)), on_span
+        yield scores if mask is None else scores + mask
 
 
 def spotlight_bias(
@@ -191,7 +178,9 @@ def spotlight_bias(
 ) -> torch.Tensor:
     """The ``[batch, heads, q, kv]`` spotlight bias: ``b`` per query on the span's keys.
 
-    For eager attention, which materialises ``[batch, heads, q, kv]`` weights anyway.
+    For eager attention, which materialises ``[batch, heads, q, kv]`` weights anyway. The
+    share comes from two log-sum-exps, ``s = exp(lse_span - lse_all)``, block by block: no
+    probability matrix is formed.
 
     Args:
         query: ``[batch, heads, q, head_dim]``.
@@ -204,12 +193,17 @@ def spotlight_bias(
         scaling: The softmax scale (None: ``head_dim ** -0.5``).
         softcap: Logit softcapping (gemma2), applied before the mask as the model does.
     """
-    blocks = [
-        b * on_span.to(b.dtype)
-        for _, b, on_span in _spotlight_blocks(
-            query, key, span, attention_mask, is_causal, target, scaling, softcap
-        )
-    ]
+    on_span = span > 0
+    shift = math.log(target / (1 - target))
+    blocks = []
+    for scores in _block_scores(query, key, attention_mask, is_causal, scaling, softcap):
+        lse_all = torch.logsumexp(scores, dim=-1, keepdim=True)
+        lse_span = torch.logsumexp(scores.masked_fill(~on_span, -math.inf), dim=-1, keepdim=True)
+        share = (lse_span - lse_all).exp()
+        raise_it = (share > 0) & (share < target)
+        # b = log(psi / (1 - psi)) + log(1 - s) - log(s): the span's new share is exactly psi.
+        b = shift + torch.log1p(-share) - torch.log(share)
+        blocks.append(torch.where(raise_it, b, torch.zeros_like(b)) * on_span)
     return torch.cat(blocks, dim=2).to(query.dtype)
 
 
@@ -225,20 +219,26 @@ def spotlight_attention(
 ) -> torch.Tensor:
     """Spotlight attention, ``[batch, heads, q, head_dim]``, one block of queries at a time.
 
-    The block's scores serve both the share measurement and the biased softmax, so no
+    For prefills the segmented kernel cannot take (padding, GPU) and for decode steps, where a
+    block's probabilities are formed anyway to weight the values: with the share ``s`` of the
+    span, raising it to ``psi`` multiplies the span's probabilities by ``psi / s`` and the
+    others' by ``(1 - psi) / (1 - s)``, which is exactly the softmax with ``b`` added. No
     ``[q, kv]`` tensor larger than one block (:data:`SPOTLIGHT_QUERY_BLOCK` queries) per head
     exists at once. Arguments as :func:`spotlight_bias`; ``value`` like ``key``.
     """
     batch, heads, _, head_dim = query.shape
     kv_heads, kv_length = value.shape[1], value.shape[2]
-    dtype = torch.promote_types(query.dtype, torch.float32)
-    values = value.to(dtype)
+    values = value.to(torch.promote_types(query.dtype, torch.float32))
+    on_span = span > 0
     blocks = []
-    blocks_of = _spotlight_blocks(
-        query, key, span, attention_mask, is_causal, target, scaling, None
-    )
-    for scores, b, on_span in blocks_of:
-        probs = torch.softmax(scores + b * on_span.to(dtype), dim=-1)
+    for scores in _block_scores(query, key, attention_mask, is_causal, scaling, None):
+        probs = torch.softmax(scores, dim=-1)
+        share = (probs * on_span).sum(dim=-1, keepdim=True)
+        raise_it = (share > 0) & (share < target)
+        one = torch.ones_like(share)
+        span_factor = torch.where(raise_it, target / share, one)
+        rest_factor = torch.where(raise_it, (1 - target) / (1 - share), one)
+        probs = probs * torch.where(on_span, span_factor, rest_factor)
         rows = probs.shape[2]
         grouped = probs.reshape(batch, kv_heads, -1, kv_length) @ values
         blocks.append(grouped.view(batch, heads, rows, head_dim))
