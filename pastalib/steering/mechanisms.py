@@ -19,6 +19,14 @@ All three add a bias to attention logits on prompt keys; they differ in where an
   share exactly ``target``. ``alpha`` and ``scale_position`` are ignored.
 
 Generated tokens are never biased, and pads never belong to the emphasis.
+
+Where each runs (``pastalib.steering.attention``): ``pasta`` and ``boost`` are one bias per
+key, so they share every path (masked SDPA on the steered heads, the segmented causal CPU
+kernel for long unpadded prefills, one biased SDPA call per decode step). ``spotlight`` takes
+:func:`~pastalib.steering.cpu_kernel.segmented_spotlight_attention` for unpadded CPU prefills
+(shares from the runs' log-sum-exps, no score matrix), :func:`spotlight_attention` by blocks
+of queries elsewhere and for decode steps, and :func:`spotlight_bias` on the eager backend
+(softcapping, ``output_attentions``). Attention sinks (gpt-oss) are refused for spotlight.
 """
 
 from __future__ import annotations
