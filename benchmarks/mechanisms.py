@@ -100,13 +100,13 @@ def timed_prefill_and_decode(
         )
         _sync(device)
         prefill = time.perf_counter() - start
-        past = out.past_key_values
+        past = getattr(out, cache_name)
         token = out.logits[:, -1:].argmax(-1)
         start = time.perf_counter()
         for _ in range(steps):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out = model(input_ids=token, attention_mask=mask, use_cache=True, **{cache_name: past})
-            past = out.past_key_values
+            past = getattr(out, cache_name)
             token = out.logits[:, -1:].argmax(-1)
             tokens.append(token)
         _sync(device)
