@@ -438,3 +438,23 @@ def test_spotlight_segmented_prefill_matches_reference(
         plain, _ = reference(call, "spotlight", None, HEADS[call.layer])
         assert torch.allclose(call.output.double(), expected, atol=atol), call.layer
         assert (plain - expected).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("kind", ["boost", "spotlight"])
+def test_beams_expand_every_mechanism(kind: str, tokenizer: Any) -> None:
+    """Beams and num_return_sequences repeat each row's emphasis; rows equal runs alone."""
+    model = tiny_model("llama", "sdpa", torch.float32)
+    pasta = PASTA(model, tokenizer, HEADS, alpha=ALPHA, mechanism=kind, target=TARGET)
+    spans = spans_of(TEXTS, EMPHASIS)
+    settings: dict[str, Any] = dict(
+        max_new_tokens=3, num_beams=3, num_return_sequences=2, do_sample=False, pad_token_id=0
+    )
+    inputs, offsets = pasta.inputs_from_batch(TEXTS)
+    with pasta.steer_spans(inputs, offsets, spans):
+        beams = model.generate(**inputs, **settings)
+    assert beams.shape[0] == 4
+    for row, text in enumerate(TEXTS):
+        single, single_offsets = pasta.inputs_from_batch([text])
+        with pasta.steer_spans(single, single_offsets, [spans[row]]):
+            alone = model.generate(**single, **settings)
+        assert torch.equal(beams[2 * row, -3:], alone[0, -3:])
