@@ -36,12 +36,16 @@ from pastalib.spans import (
 )
 from pastalib.steering import (
     SCALE_POSITIONS,
+    Mechanism,
     ScalePosition,
     SteeringPlan,
     attention_modules,
     check_alpha,
+    check_decode_steps,
+    check_mechanism,
     check_steerable,
-    prompt_bias,
+    check_target,
+    mechanism_bias,
     steer,
 )
 
@@ -78,6 +82,13 @@ class PASTA:
             config's recommended alpha, else 0.01.
         scale_position: ``"exclude"`` scales the prompt outside the emphasis by ``alpha``;
             ``"include"`` scales the emphasis itself (emphasizing when ``alpha > 1``).
+        mechanism: ``"pasta"`` (default: ``log(alpha)`` in the head config's heads),
+            ``"boost"`` (InstABoost-style: ``log(beta)`` on the emphasis in every head of every
+            layer, ``head_config`` ignored; ``beta = 1/alpha`` with ``"exclude"``, ``alpha``
+            with ``"include"``) or ``"spotlight"`` (raises the emphasis's attention share to
+            ``target`` per head and query where it falls short; ``alpha`` ignored). See
+            :mod:`pastalib.steering.mechanisms`.
+        target: Spotlight's attention share in (0, 1) (None: 0.3); used by ``"spotlight"``.
     """
 
     def __init__(
@@ -87,8 +98,15 @@ class PASTA:
         head_config: HeadConfigSpec,
         alpha: float | None = None,
         scale_position: ScalePosition = "exclude",
+        mechanism: Mechanism = "pasta",
+        target: float | None = None,
     ) -> None:
         _check_scale_position(scale_position)
+        check_mechanism(mechanism)
+        if target is not None:
+            check_target(target)
+        self.mechanism: Mechanism = mechanism
+        self.target = target
         check_steerable(model)
         self.model = model
         self.tokenizer = tokenizer
@@ -153,6 +171,8 @@ class PASTA:
         scale_position: ScalePosition | None = None,
         head_config: HeadConfigSpec | None = None,
         decode_steps: int | None = None,
+        mechanism: Mechanism | None = None,
+        target: float | None = None,
     ) -> Iterator[PreTrainedModel]:
         """Steers the model toward character spans, one list of ``(start, end)`` per row.
 
@@ -165,6 +185,8 @@ class PASTA:
             scale_position: Overrides the instance's scale position for this call.
             head_config: Overrides the steered heads for this call.
             decode_steps: Steer the prefill and only this many decode steps (None: all).
+            mechanism: Overrides the instance's mechanism for this call.
+            target: Overrides the instance's spotlight target for this call.
 
         Yields:
             The steered model.
@@ -177,6 +199,8 @@ class PASTA:
             scale_position=scale_position,
             head_config=head_config,
             decode_steps=decode_steps,
+            mechanism=mechanism,
+            target=target,
         ):
             yield self.model
 
@@ -191,12 +215,21 @@ class PASTA:
         head_config: HeadConfigSpec | None = None,
         row_head_configs: Sequence[HeadConfigSpec] | None = None,
         decode_steps: int | None = None,
+        mechanism: Mechanism | None = None,
+        target: float | None = None,
     ) -> Iterator[SteeringPlan]:
         """Steers with an explicit ``[batch, seq]`` bool mask of emphasized token positions.
 
         ``row_head_configs`` gives each row its own heads (one forward pass then scores many
-        head choices, as profiling does); it excludes ``head_config``.
+        head choices, as profiling does); it excludes ``head_config``. ``mechanism`` and
+        ``target`` override the instance's (see the class docstring).
         """
+        check_decode_steps(decode_steps)
+        mechanism = self.mechanism if mechanism is None else mechanism
+        check_mechanism(mechanism)
+        if target is not None:
+            check_target(target)
+        target = self.target if target is None else target
         if head_config is not None and row_head_configs is None:
             override = parse_head_config(head_config, self.num_layers, self.num_heads)
             head_config = override.layer_heads()
@@ -217,9 +250,16 @@ class PASTA:
             ]
         else:
             heads = self.head_config if head_config is None else self.resolve_heads(head_config)
-        bias = prompt_bias(emphasis.cpu(), attention_mask.cpu(), alpha, scale_position)
+        bias = mechanism_bias(
+            emphasis.cpu(), attention_mask.cpu(), mechanism, alpha, scale_position
+        )
         with steer(
-            self.model, heads, bias.to(self.model.device), decode_steps=decode_steps
+            self.model,
+            heads,
+            bias.to(self.model.device),
+            decode_steps=decode_steps,
+            mechanism=mechanism,
+            target=target if mechanism == "spotlight" else None,
         ) as plan:
             yield plan
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-import pastalib.steering as steering
+import pastalib.steering.cpu_kernel as cpu_kernel
 from benchmarks import bench
 from benchmarks.reference_pasta import ReferencePASTA
 from pastalib.steering import prompt_bias, steer
@@ -154,15 +154,15 @@ def test_reference_matches_engine(tiny: Any, padded: bool) -> None:
 
 def test_segmented_prefill_matches_reference(tiny: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine's segmented causal prefill (used for long prompts) equals (d) exactly."""
-    monkeypatch.setattr(steering, "SEGMENTED_MIN_QUERIES", 1)
+    monkeypatch.setattr(cpu_kernel, "SEGMENTED_MIN_QUERIES", 1)
     calls: list[int] = []
-    original = steering._segmented_causal_attention
+    original = cpu_kernel.segmented_causal_attention
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(steering, "_segmented_causal_attention", spy)
+    monkeypatch.setattr(cpu_kernel, "segmented_causal_attention", spy)
     inputs = bench.make_inputs(320, 40)
     for heads in (HEADS, {1: [2]}):
         reference = ReferencePASTA(tiny, heads, ALPHA, "exclude")

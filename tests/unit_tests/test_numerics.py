@@ -204,13 +204,15 @@ def test_segmented_long_prefill_matches_reference(
     arch: str, dtype: torch.dtype, tokenizer, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     """The segmented causal kernel that long unpadded prefills take equals the reference."""
-    from pastalib import steering
+    from pastalib.steering import cpu_kernel
 
-    monkeypatch.setattr(steering, "SEGMENTED_MIN_QUERIES", 1)
+    monkeypatch.setattr(cpu_kernel, "SEGMENTED_MIN_QUERIES", 1)
     used = []
-    original = steering._segmented_causal_attention
+    original = cpu_kernel.segmented_causal_attention
     monkeypatch.setattr(
-        steering, "_segmented_causal_attention", lambda *a, **k: used.append(1) or original(*a, **k)
+        cpu_kernel,
+        "segmented_causal_attention",
+        lambda *a, **k: used.append(1) or original(*a, **k),
     )
     model = tiny_model(arch, "sdpa", dtype)
     pasta = PASTA(model, tokenizer, HEADS, alpha=ALPHA)
