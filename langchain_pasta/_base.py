@@ -45,11 +45,18 @@ from pastalib.heads import (
 )
 from pastalib.pasta import PASTA
 from pastalib.spans import Span
-from pastalib.steering import SCALE_POSITIONS, ScalePosition
+from pastalib.steering import MECHANISMS, SCALE_POSITIONS, Mechanism, ScalePosition
 
 __all__ = ["CALL_OPTIONS", "PastaParams", "shared_model"]
 
-_STEERING_KEYS = ("alpha", "scale_position", "head_config", "decode_steps")
+_STEERING_KEYS = (
+    "alpha",
+    "scale_position",
+    "head_config",
+    "decode_steps",
+    "mechanism",
+    "target",
+)
 _GENERATION_KEYS = ("max_new_tokens", "max_tokens", "timeout", "seed", *SAMPLING_OPTIONS)
 # Keyword arguments that LangChain itself routes to a model call besides ours.
 _LANGCHAIN_KEYS = (
@@ -154,6 +161,15 @@ class PastaParams(BaseModel):
     decode_steps: int | None = None
     """Steer the prefill and only this many decode steps; >= 0. ``None``: the head config's
     recommendation, else every step."""
+
+    mechanism: Mechanism = "pasta"
+    """How emphasis steers: ``"pasta"`` (``log(alpha)`` in the head config's heads),
+    ``"boost"`` (a constant bias on the emphasis in every head of every layer; the head config
+    is ignored) or ``"spotlight"`` (raises the emphasis's attention share to ``target`` where
+    it falls short). See :mod:`pastalib.steering.mechanisms`."""
+
+    target: float | None = None
+    """Spotlight's attention share, in (0, 1) (``None``: 0.3)."""
 
     max_new_tokens: int = Field(default=256, alias="max_tokens")
     """Most tokens generated per call (``max_tokens`` works too); >= 1."""
@@ -301,6 +317,8 @@ class PastaParams(BaseModel):
                 spec,
                 alpha=self.alpha,
                 scale_position=self.scale_position,
+                mechanism=self.mechanism,
+                target=self.target,
             )
             engine = self._engine = PastaEngine(pasta)
         return engine
@@ -378,6 +396,7 @@ class PastaParams(BaseModel):
             "alpha": self.alpha,
             "scale_position": self.scale_position,
             "decode_steps": self.decode_steps,
+            "mechanism": self.mechanism,
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "do_sample": self.do_sample,
@@ -405,6 +424,10 @@ def _check_options(options: dict[str, Any]) -> None:
         "decode_steps", options.get("decode_steps"), ">= 0", lambda v: v >= 0, integer=True
     )
     check_number("alpha", options.get("alpha"), "> 0", lambda v: v > 0)
+    check_number("target", options.get("target"), "in (0, 1)", lambda v: 0 < v < 1)
+    mechanism = options.get("mechanism")
+    if mechanism is not None and mechanism not in MECHANISMS:
+        raise ParameterError(f"mechanism must be one of {MECHANISMS}, got {mechanism!r}.")
     position = options.get("scale_position")
     if position is not None and position not in SCALE_POSITIONS:
         raise ParameterError(f"scale_position must be one of {SCALE_POSITIONS}, got {position!r}.")

@@ -40,7 +40,7 @@ from transformers import (
 from pastalib.errors import ParameterError, SpanError
 from pastalib.heads import HeadConfigSpec
 from pastalib.spans import Span
-from pastalib.steering import ScalePosition
+from pastalib.steering import Mechanism, ScalePosition
 
 if TYPE_CHECKING:
     from pastalib.pasta import PASTA
@@ -264,6 +264,8 @@ class SteeringOptions:
     scale_position: ScalePosition | None = None
     head_config: HeadConfigSpec | None = None
     decode_steps: int | None = None
+    mechanism: Mechanism | None = None
+    target: float | None = None
 
 
 @dataclass
@@ -542,6 +544,8 @@ class PastaEngine:
             scale_position=options.scale_position,
             head_config=options.head_config,
             decode_steps=options.decode_steps,
+            mechanism=options.mechanism,
+            target=options.target,
         )
 
     def _run(self, prepared: _Prepared, streamer: TextIteratorStreamer | None) -> torch.Tensor:

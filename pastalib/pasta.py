@@ -273,6 +273,8 @@ class PASTA:
         scale_position: ScalePosition | None = None,
         head_config: HeadConfigSpec | None = None,
         decode_steps: int | None = None,
+        mechanism: Mechanism | None = None,
+        target: float | None = None,
         grammar: str | None = None,
         stop: str | Sequence[str] | None = None,
         seed: int | None = None,
@@ -299,7 +301,9 @@ class PASTA:
             spans=[list(row) for row in spans] if spans is not None else [[] for _ in rows],
             config=generation_config(self.model, max_new_tokens=max_new_tokens, **sampling),
             stop=check_stop(stop),
-            steering=SteeringOptions(alpha, scale_position, head_config, decode_steps),
+            steering=SteeringOptions(
+                alpha, scale_position, head_config, decode_steps, mechanism, target
+            ),
             grammar=grammar,
             seed=seed,
         )
