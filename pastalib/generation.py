@@ -281,6 +281,8 @@ class GenerationRequest:
         grammar: An llguidance grammar every row's output must match, or None.
         add_special_tokens: Let the tokenizer add BOS & co.
         seed: Seeds torch's global RNG before a sampled call.
+        allow_incomplete: With a grammar, return a value the budget cut off (finish reason
+            ``"length"``) instead of raising ``LengthLimitError``; for scoring harnesses.
     """
 
     texts: list[str]
@@ -291,6 +293,7 @@ class GenerationRequest:
     grammar: str | None = None
     add_special_tokens: bool = True
     seed: int | None = None
+    allow_incomplete: bool = False
 
     def __post_init__(self) -> None:
         if len(self.spans) != len(self.texts):
@@ -593,8 +596,9 @@ class PastaEngine:
                 )
                 text, reason = text[:cut], "stop"
             if grammar is not None:
-                # Never a partial or unconstrained value: complete, or a specific error.
-                check_complete(grammar, row, text, int(prepared.request.config.max_new_tokens))
+                # Never a partial value unasked: complete, or a specific error.
+                if not prepared.request.allow_incomplete:
+                    check_complete(grammar, row, text, int(prepared.request.config.max_new_tokens))
                 reason = grammar.finish_reason(row, reason)
             outputs.append(
                 GenerationOutput(

@@ -284,6 +284,31 @@ def split_alpha(spec: str) -> tuple[str, float | None]:
     return heads, _check_alpha(value, repr(spec))
 
 
+def recommended_settings(spec: HeadConfigSpec) -> tuple[float | None, int | None]:
+    """The ``(alpha, decode_steps)`` a head-config spec recommends, without a model.
+
+    ``HEADS@ALPHA`` gives its alpha; a file or shipped name its stored settings; inline
+    configs and plain layer ranges recommend nothing.
+
+    Raises:
+        HeadConfigError: The file is missing or unreadable, or stores a bad alpha or
+            decode_steps.
+    """
+    if not isinstance(spec, (str, Path)):
+        return (spec.alpha, spec.decode_steps) if isinstance(spec, HeadConfig) else (None, None)
+    text, alpha = split_alpha(spec) if isinstance(spec, str) else (str(spec), None)
+    if _layer_range(text, None) is not None:
+        return alpha, None
+    found = _read_document(text)
+    if found is None:
+        raise _not_found(text)
+    document = found[0] if isinstance(found[0], dict) else {}
+    stored = _check_alpha(document.get("alpha"), text)
+    return (stored if alpha is None else alpha), _check_decode_steps(
+        document.get("decode_steps"), text
+    )
+
+
 def _from_string(text: str, dims: tuple[int, int]) -> HeadConfig:
     heads_text, alpha = split_alpha(text)
     layers = _layer_range(heads_text, dims[0])

@@ -276,6 +276,7 @@ class PASTA:
         mechanism: Mechanism | None = None,
         target: float | None = None,
         grammar: str | None = None,
+        allow_incomplete: bool = False,
         stop: str | Sequence[str] | None = None,
         seed: int | None = None,
         **sampling: Any,
@@ -285,7 +286,8 @@ class PASTA:
         Greedy unless ``sampling`` says otherwise (``do_sample``, ``temperature``, ``top_p``,
         ``top_k``, ``repetition_penalty``, ``max_time``); returns only the new text of each
         row, cut before the first ``stop`` string. ``grammar`` (an llguidance grammar, see
-        :mod:`pastalib.grammar`) constrains every row's output.
+        :mod:`pastalib.grammar`) constrains every row's output; a value the budget cut off
+        raises ``LengthLimitError`` unless ``allow_incomplete``.
 
         Raises:
             ParameterError: An unknown keyword or an option out of range.
@@ -306,6 +308,7 @@ class PASTA:
             ),
             grammar=grammar,
             seed=seed,
+            allow_incomplete=allow_incomplete,
         )
         return [output.text for output in PastaEngine(self).generate(request)]
 

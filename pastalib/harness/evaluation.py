@@ -163,6 +163,7 @@ def run_condition(
                 head_config=condition.head_config,
                 decode_steps=condition.decode_steps,
                 grammar=grammar,
+                allow_incomplete=True,  # a cut-off value is scored as a failure, not raised
             )
         )
         if progress is not None:

@@ -39,6 +39,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from pastalib.errors import ParameterError
+from pastalib.generation import tokenize_with_offsets
 from pastalib.harness.evaluation import render_prompt
 from pastalib.harness.tasks import TaskExample, generate
 from pastalib.heads import model_dimensions
@@ -144,11 +145,9 @@ def prepare_example(
         The tokenized example.
     """
     text, spans = render_prompt(tokenizer, example.prompt, example.spans, chat)
-    encoded = tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
+    encoded, offsets = tokenize_with_offsets(tokenizer, text)
     ids = encoded["input_ids"]
-    emphasis = token_mask_from_spans(
-        encoded["offset_mapping"], torch.ones_like(ids), [list(spans)]
-    )[0]
+    emphasis = token_mask_from_spans(offsets, encoded["attention_mask"], [list(spans)])[0]
     target = list(tokenizer(example.target, add_special_tokens=False)["input_ids"])
     # The probe restarts the answer after a space, as a loop would.
     repeat = list(tokenizer(" " + example.target, add_special_tokens=False)["input_ids"])

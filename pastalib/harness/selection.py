@@ -8,15 +8,14 @@ best macro rate first: the rule that chose the shipped default config.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from pastalib.errors import HeadConfigError, ParameterError
+from pastalib.errors import ParameterError
 from pastalib.harness.evaluation import Condition, evaluate
-from pastalib.heads import HeadConfigSpec, head_config_metadata
+from pastalib.heads import HeadConfigSpec, split_alpha
+from pastalib.heads import recommended_settings as heads_recommended_settings
 from pastalib.pasta import PASTA
 
 __all__ = [
@@ -45,39 +44,15 @@ class Recommended:
 
 
 def recommended_settings(head_config: HeadConfigSpec) -> Recommended:
-    """The ``alpha`` and ``decode_steps`` stored beside a head config (the one reader of both).
+    """The ``alpha`` and ``decode_steps`` a head config recommends.
 
-    Inline configs (mappings, layer lists, ``layers:A-B`` ranges) recommend nothing.
-
-    TODO(heads): when ``pastalib.heads.HeadConfig`` (a dataclass carrying ``.alpha`` and
-    ``.decode_steps``) lands, return its fields here instead of re-reading the JSON.
+    A view of :func:`pastalib.heads.recommended_settings`, the one reader of both.
 
     Raises:
         HeadConfigError: The file cannot be read, or stores an alpha or decode_steps of the
             wrong type or range.
     """
-    if not isinstance(head_config, (str, Path)):
-        return Recommended()
-    try:
-        metadata = head_config_metadata(head_config)
-    except (OSError, ValueError) as error:
-        raise HeadConfigError(f"Cannot read head config {str(head_config)!r}: {error}") from error
-    alpha, steps = metadata.get("alpha"), metadata.get("decode_steps")
-    if alpha is not None and (
-        isinstance(alpha, bool)
-        or not isinstance(alpha, (int, float))
-        or not math.isfinite(alpha)
-        or alpha <= 0
-    ):
-        raise HeadConfigError(
-            f"Head config {str(head_config)!r}: alpha must be a finite number > 0, got {alpha!r}."
-        )
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
-        raise HeadConfigError(
-            f"Head config {str(head_config)!r}: decode_steps must be an integer >= 0 or null, "
-            f"got {steps!r}."
-        )
-    return Recommended(None if alpha is None else float(alpha), steps)
+    return Recommended(*heads_recommended_settings(head_config))
 
 
 def resolve_settings(
@@ -95,25 +70,15 @@ def resolve_settings(
 
 
 def parse_candidate(spec: str) -> tuple[str, float | None]:
-    """Splits ``HEADS[@ALPHA]`` at the last ``@``: the head config and its alpha (None if absent).
+    """Splits ``HEADS[@ALPHA]``: the head config and its alpha (None if absent).
 
     Raises:
-        ParameterError: The alpha is not a finite number > 0, or HEADS is empty.
+        ParameterError: HEADS is empty.
+        HeadConfigError: The alpha is not a finite number > 0.
     """
-    heads, at, alpha = spec.rpartition("@")
-    if not at:
-        return spec, None
-    if not heads:
+    if spec.startswith("@"):
         raise ParameterError(f"{spec!r}: the head config before '@' is empty (HEADS@ALPHA).")
-    try:
-        value = float(alpha)
-    except ValueError:
-        raise ParameterError(
-            f"{spec!r}: alpha {alpha!r} after '@' is not a number (HEADS@ALPHA)."
-        ) from None
-    if not math.isfinite(value) or value <= 0:
-        raise ParameterError(f"{spec!r}: alpha must be > 0 and finite, got {value:g}.")
-    return heads, value
+    return split_alpha(spec)
 
 
 def candidate_conditions(pasta: PASTA, candidates: Sequence[str]) -> list[Condition]:
