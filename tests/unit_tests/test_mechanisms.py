@@ -350,7 +350,9 @@ def test_spotlight_in_query_blocks_and_per_row_heads(
     monkeypatch.setattr(mechanisms, "SPOTLIGHT_QUERY_BLOCK", 5)
     atol = TOLERANCE[backend]
     for row, config in enumerate(configs):
-        with pasta.steer_tokens(emphasis[:1], inputs["attention_mask"][:1], head_config=config):
+        # An empty config is refused as head_config; as a row config it means "unsteered".
+        mask = inputs["attention_mask"][:1]
+        with pasta.steer_tokens(emphasis[:1], mask, row_head_configs=[config]):
             alone = model(**{k: v[:1] for k, v in inputs.items()}).logits
         assert torch.allclose(batched[row], alone[0], atol=atol), row
     assert not torch.allclose(batched[0], batched[3], atol=1e-4)
