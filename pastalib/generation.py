@@ -143,6 +143,9 @@ def tokenize_with_offsets(
             raise ParameterError(f"Prompt {row} tokenizes to no tokens.")
     width = max(len(row_ids) for row_ids in ids)
     pad = pad_token_id(tokenizer)
+    # Special tokens are never emphasized, even when their text is written literally in the
+    # prompt (where the tokenizer gives them real offsets): their offsets become empty.
+    special = set(tokenizer.all_special_ids)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     offset_tensor = torch.zeros((len(rows), width, 2), dtype=torch.long)
@@ -151,6 +154,9 @@ def tokenize_with_offsets(
         input_ids[row, start:] = torch.tensor(row_ids)
         attention[row, start:] = 1
         offset_tensor[row, start:] = torch.tensor(row_offsets, dtype=torch.long).view(-1, 2)
+        for index, token in enumerate(row_ids):
+            if token in special:
+                offset_tensor[row, start + index] = 0
     inputs = BatchEncoding({"input_ids": input_ids, "attention_mask": attention})
     return (inputs.to(device) if device is not None else inputs), offset_tensor
 

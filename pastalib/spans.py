@@ -39,9 +39,9 @@ def normalize_spans(spans: Sequence[Sequence[int]], text_length: int | None = No
     """
     checked: list[Span] = []
     for span in spans:
-        if len(span) != 2:
-            raise SpanError(f"A span must be a (start, end) pair, got {span!r}.")
-        start, end = int(span[0]), int(span[1])
+        if isinstance(span, (str, bytes)) or not isinstance(span, Sequence) or len(span) != 2:
+            raise SpanError(f"A span must be a (start, end) pair of integers, got {span!r}.")
+        start, end = (_offset(value, span) for value in span)
         if start < 0 or end <= start:
             raise SpanError(
                 f"Span {(start, end)} is empty or reversed: spans are half-open (start, end) "
@@ -60,6 +60,13 @@ def normalize_spans(spans: Sequence[Sequence[int]], text_length: int | None = No
         else:
             merged.append((start, end))
     return merged
+
+
+def _offset(value: object, span: object) -> int:
+    """A span bound as an int; floats (NaN included), bools and strings are refused."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise SpanError(f"A span must be a (start, end) pair of integers, got {span!r}.")
+    return int(value.__index__())
 
 
 def shift_spans(spans: Iterable[Sequence[int]], offset: int) -> list[Span]:

@@ -133,7 +133,10 @@ BAD_ARGUMENTS: list[tuple[list[str], list[str]]] = [
     (["generate", "--head-config", "layers:1-2@0"], ["--head-config", "alpha must be > 0"]),
     (["generate", "--head-config", "layers:1-2@x"], ["--head-config", "not a number"]),
     (["generate", "--head-config", "@0.5"], ["--head-config", "empty"]),
-    (["generate", "--head-config", "{not_json.json}"], ["--head-config", "not a readable JSON file"]),
+    (
+        ["generate", "--head-config", "{not_json.json}"],
+        ["--head-config", "not a readable JSON file"],
+    ),
     (["generate", "--head-config", "{bad_alpha.json}"], ["--head-config", "alpha", "'high'"]),
     (["generate", "--head-config", "{bad_steps.json}"], ["--head-config", "decode_steps", "-2"]),
     (["generate", "--model", "/no/such/model"], ["--model", "does not exist"]),

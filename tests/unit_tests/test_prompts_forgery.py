@@ -373,7 +373,6 @@ def test_lookalikes_of_an_emphasized_value_get_no_span(
 # --- through ChatPasta --------------------------------------------------------------------
 
 
-
 def chat_pasta() -> Any:
     import copy
 
