@@ -78,13 +78,14 @@ CALL_OPTIONS = frozenset((*_STEERING_KEYS, *_GENERATION_KEYS, *_LANGCHAIN_KEYS))
 # --------------------------------------------------------------------------------------------
 
 _SHARED_LOCK = threading.Lock()
-_SHARED: dict[tuple[str, str, str], tuple[weakref.ref[PreTrainedModel], Any]] = {}
+_SHARED: dict[tuple[str, ...], tuple[weakref.ref[PreTrainedModel], Any]] = {}
 
 
 def shared_model(
     name_or_path: str | Path,
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Loads a local model once; later calls share the same weights while any object holds them.
 
@@ -92,6 +93,7 @@ def shared_model(
         name_or_path: ``"default"``, a local HF model directory or a local ``.gguf`` file.
         attn_implementation: ``"sdpa"`` (recommended) or ``"eager"``.
         dtype: Weight dtype.
+        model_kwargs: More ``from_pretrained`` arguments (``device_map``, ...).
 
     Returns:
         ``(model, tokenizer)``; the cache keeps only a weak reference to the model.
@@ -104,13 +106,16 @@ def shared_model(
     else:
         name = str(name_or_path).strip()
         name = DEFAULT_MODEL_ID if name.lower() in DEFAULT_MODEL_ALIASES else name
-    key = (name, attn_implementation, str(dtype))
+    extra = dict(model_kwargs or {})
+    key = (name, attn_implementation, str(dtype), repr(sorted(extra.items())))
     with _SHARED_LOCK:
         cached = _SHARED.get(key)
         model = cached[0]() if cached else None
         if model is not None and cached is not None:
             return model, cached[1]
-        model, tokenizer = load_model(name, attn_implementation=attn_implementation, dtype=dtype)
+        model, tokenizer = load_model(
+            name, attn_implementation=attn_implementation, dtype=dtype, model_kwargs=extra
+        )
         _SHARED[key] = (weakref.ref(model), tokenizer)
         return model, tokenizer
 
@@ -263,6 +268,8 @@ class PastaParams(BaseModel):
         *,
         attn_implementation: str = "sdpa",
         dtype: torch.dtype = torch.float32,
+        device_map: str | dict[str, Any] | None = None,
+        model_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Self:
         """Builds the model from a local model directory or GGUF file (loaded once per process).
@@ -272,12 +279,18 @@ class PastaParams(BaseModel):
                 are refused: nothing is downloaded.
             attn_implementation: ``"sdpa"`` or ``"eager"``.
             dtype: Weight dtype.
-            **kwargs: Other fields (``head_config``, ``alpha``, ``max_new_tokens``...).
+            device_map: Passed to ``from_pretrained`` (needs ``accelerate``).
+            model_kwargs: More ``from_pretrained`` arguments.
+            **kwargs: Other fields (``head_config``, ``alpha``, ``max_new_tokens``...); an
+                unknown one raises.
 
         Returns:
             The LangChain model.
         """
-        model, tokenizer = shared_model(model_id, attn_implementation, dtype)
+        extra = dict(model_kwargs or {})
+        if device_map is not None:
+            extra["device_map"] = device_map
+        model, tokenizer = shared_model(model_id, attn_implementation, dtype, extra)
         kwargs.setdefault("model_name", Path(str(model_id)).name or str(model_id))
         return cls(model=model, tokenizer=tokenizer, **kwargs)
 

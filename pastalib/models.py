@@ -472,7 +472,7 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerFast, model: PreTrainedModel
 
 
 def _load_directory(
-    directory: Path, attn_implementation: str, dtype: torch.dtype
+    directory: Path, attn_implementation: str, dtype: torch.dtype, model_kwargs: dict[str, Any]
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
@@ -487,6 +487,7 @@ def _load_directory(
         local_files_only=True,
         attn_implementation=attn_implementation,
         dtype=dtype,
+        **model_kwargs,
     )
     model.eval()
     _ensure_pad_token(tokenizer, model)
@@ -499,6 +500,7 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     *,
     progress: bool = True,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """Load a local causal LM and its fast tokenizer, without any network access.
 
@@ -508,6 +510,7 @@ def load_model(
         attn_implementation: Passed to ``from_pretrained`` (``"sdpa"`` or ``"eager"``...).
         dtype: Torch dtype of the loaded weights.
         progress: Print progress if a GGUF conversion is needed.
+        model_kwargs: More ``from_pretrained`` arguments (``device_map``, ...).
 
     Returns:
         ``(model, tokenizer)``; the model is in eval mode and the tokenizer has a pad token
@@ -517,7 +520,7 @@ def load_model(
         ModelNotAvailableError: The model cannot be found locally or has no fast tokenizer.
     """
     directory = resolve_model_dir(name_or_path, progress=progress)
-    return _load_directory(directory, attn_implementation, dtype)
+    return _load_directory(directory, attn_implementation, dtype, dict(model_kwargs or {}))
 
 
 def load_default_model(
@@ -540,4 +543,5 @@ def load_default_model(
     Raises:
         ModelNotAvailableError: The model wheel is not installed.
     """
-    return _load_directory(prepare_default_model(progress=progress), attn_implementation, dtype)
+    directory = prepare_default_model(progress=progress)
+    return _load_directory(directory, attn_implementation, dtype, {})

@@ -191,3 +191,25 @@ def test_a_stop_string_is_one_sequence(model: PreTrainedModel) -> None:
     full = llm.invoke("Mary is a doctor.", max_new_tokens=12, stop=[])
     cut = llm.invoke("Mary is a doctor.", max_new_tokens=12, stop="Observation")
     assert cut == full.split("Observation")[0]
+
+
+def test_from_model_id_passes_loading_options(
+    model: PreTrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pastalib.models
+
+    seen: list[dict[str, Any]] = []
+    real = pastalib.models.load_model
+
+    def spy(name: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs)
+        return real(name, **kwargs)
+
+    model.save_pretrained(tmp_path)
+    chat_tokenizer().save_pretrained(tmp_path)
+    monkeypatch.setattr(pastalib.models, "load_model", spy)
+    chat = ChatPasta.from_model_id(
+        tmp_path, dtype=torch.float64, model_kwargs={"low_cpu_mem_usage": True}, head_config=[1]
+    )
+    assert seen[0]["model_kwargs"] == {"low_cpu_mem_usage": True}
+    assert chat.model.dtype == torch.float64
