@@ -10,7 +10,7 @@ with an augmented value column, which is exact as well.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -64,6 +64,42 @@ def prefill_segments(
     return plan.key_segments(query.shape[0], q_length, query.dtype, query.device)
 
 
+def _expand_groups(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Repeats GQA key/value heads so that every query head has its own."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    return key, value
+
+
+def _causal_runs(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segments: Segments,
+    scaling: float | None,
+) -> Iterator[tuple[int, torch.Tensor | None, torch.Tensor, torch.Tensor]]:
+    """One causal flash call per key run: ``(start, run tag, partial output, log-sum-exp)``.
+
+    Queries ``[start, q)`` against keys ``[start, end)``: SDPA's upper-left causal alignment is
+    then exactly the causal mask.
+    """
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    for start, end, tag in segments:
+        part, lse = flash(
+            query[:, :, start:],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            0.0,
+            True,
+            scale=scaling,
+        )
+        yield start, tag, part, lse
+
+
 def segmented_causal_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -90,24 +126,12 @@ def segmented_causal_attention(
     Returns:
         ``[batch, heads, q, head_dim]``.
     """
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
+    key, value = _expand_groups(query, key, value)
     if not HAS_CPU_FLASH:
         return weighted_value_attention(query, key, value, segments, scaling)
-    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     output: torch.Tensor | None = None
     total: torch.Tensor | None = None  # running log-sum-exp per query
-    for start, end, bias in segments:
-        part, lse = flash(
-            query[:, :, start:],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            0.0,
-            True,
-            scale=scaling,
-        )
+    for start, bias, part, lse in _causal_runs(query, key, value, segments, scaling):
         if bias is not None:
             lse = lse + bias.to(lse.dtype)
         if output is None or total is None:
@@ -149,23 +173,11 @@ def segmented_spotlight_attention(
     Returns:
         ``[batch, heads, q, head_dim]``.
     """
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    key, value = _expand_groups(query, key, value)
     parts = []
     lse_span: torch.Tensor | None = None
     lse_rest: torch.Tensor | None = None
-    for start, end, marker in segments:
-        part, lse = flash(
-            query[:, :, start:],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            0.0,
-            True,
-            scale=scaling,
-        )
+    for start, marker, part, lse in _causal_runs(query, key, value, segments, scaling):
         if lse_span is None or lse_rest is None:
             lse_span = torch.full_like(lse, -math.inf)
             lse_rest = torch.full_like(lse, -math.inf)
