@@ -20,10 +20,6 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
-    ChatMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
 )
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
@@ -41,12 +37,11 @@ from pydantic import Field
 from typing_extensions import override
 
 from langchain_pasta._base import MODEL_CONFIG, PastaParams
-from langchain_pasta.prompts import SPANS_KEY, message_spans
-from pastalib.chat import ChatTurn, render_conversation
-from pastalib.errors import ChatTemplateError, MarkupError, ParameterError, ParameterTypeError
+from langchain_pasta._messages import convert_message
+from pastalib.chat import render_conversation
+from pastalib.errors import ChatTemplateError, ParameterError
 from pastalib.generation import GenerationOutput, GenerationRequest, StopBuffer
 from pastalib.grammar import check_json_schema, compile_grammar, json_schema_grammar
-from pastalib.markup import parse_emphasis
 from pastalib.spans import Span
 from pastalib.tools import (
     TOOL_CALL_OPEN,
@@ -62,14 +57,6 @@ __all__ = ["ChatPasta", "ChatTemplateError"]
 _BATCH_OUTPUTS: ContextVar[Mapping[Any, GenerationOutput]] = ContextVar(
     "pasta_batch_outputs", default=MappingProxyType({})
 )
-_SKIPPED_BLOCKS = {
-    "tool_use",
-    "tool_call",
-    "tool_call_chunk",
-    "function_call",
-    "thinking",
-    "reasoning",
-}
 
 
 @dataclass
@@ -573,7 +560,7 @@ class ChatPasta(PastaParams, BaseChatModel):
             ParameterError: A message type or content block the model cannot take.
         """
         turns = [
-            _convert_message(message, index, self.parse_markup)
+            convert_message(message, index, self.parse_markup)
             for index, message in enumerate(messages)
         ]
         return render_conversation(
@@ -585,72 +572,6 @@ class ChatPasta(PastaParams, BaseChatModel):
             add_generation_prompt=add_generation_prompt,
             **self.chat_template_kwargs,
         )
-
-
-def _convert_message(message: BaseMessage, index: int, parse_markup: bool) -> ChatTurn:
-    """The one conversion of a LangChain message into a turn for :mod:`pastalib.chat`.
-
-    Emphasis comes only from spans the message carries (templates, ``emphasized_message``);
-    ``<em>`` markup in a message's text is read only with ``parse_markup=True`` and only in a
-    message that carries no resolved spans, so template values stay literal.
-    """
-    label = _label(message, index)
-    spans = message_spans(message, index=index)
-    content = _text_content(message, label)
-    resolved = SPANS_KEY in message.additional_kwargs
-    if parse_markup and not resolved and isinstance(message, (HumanMessage, SystemMessage)):
-        try:
-            content, spans = parse_emphasis(content)
-        except MarkupError as error:
-            raise MarkupError(
-                f"{label}: {error} (parse_markup=True reads <em>...</em> markup in human and "
-                "system messages; pass parse_markup=False to send them verbatim.)",
-                error.position,
-            ) from None
-    if isinstance(message, SystemMessage):
-        return ChatTurn("system", content, spans, label)
-    if isinstance(message, HumanMessage):
-        return ChatTurn("user", content, spans, label)
-    if isinstance(message, AIMessage):
-        calls = [
-            {"id": call.get("id"), "name": call["name"], "args": call["args"]}
-            for call in message.tool_calls
-        ]
-        return ChatTurn("assistant", content, spans, label, tool_calls=calls or None)
-    if isinstance(message, ToolMessage):
-        return ChatTurn("tool", content, spans, label)
-    if isinstance(message, ChatMessage):
-        return ChatTurn(message.role, content, spans, label)
-    raise ParameterTypeError(
-        f"ChatPasta cannot render {label}: {type(message).__name__} is not supported "
-        "(use system, human, AI, tool or ChatMessage messages)."
-    )
-
-
-def _label(message: BaseMessage, index: int) -> str:
-    preview = message.content if isinstance(message.content, str) else "<multi-part content>"
-    if len(preview) > 40:
-        preview = preview[:37] + "..."
-    return f"{message.type} message #{index} ({preview!r})"
-
-
-def _text_content(message: BaseMessage, label: str) -> str:
-    """A message's text; tool-use and reasoning blocks are skipped, media is refused."""
-    if isinstance(message.content, str):
-        return message.content
-    parts: list[str] = []
-    for block in message.content:
-        if isinstance(block, str):
-            parts.append(block)
-            continue
-        kind = block.get("type")
-        if kind == "text":
-            parts.append(str(block.get("text", "")))
-        elif kind not in _SKIPPED_BLOCKS:
-            raise ParameterError(
-                f"ChatPasta takes text only, but {label} has a {kind!r} content block."
-            )
-    return "".join(parts)
 
 
 def _batch_key(call: _Call) -> tuple[Any, ...]:
