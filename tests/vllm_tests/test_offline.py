@@ -116,9 +116,19 @@ def test_alone_equals_in_batch_of_16(llm: Any, expectations: dict[str, Any]) -> 
     alone = _run(llm, [target])[0]
     batch = [target, *all_cases[2:17]]
     assert len(batch) == 16 and sum(c["spans"] is None for c in batch) >= 4
-    inside = _run(llm, batch)[0]
-    assert alone["token_ids"] == inside["token_ids"]
-    assert max(abs(a - b) for a, b in zip(alone["logprobs"], inside["logprobs"], strict=True)) <= 1e-6
+    inside = _run(llm, batch)
+    assert alone["token_ids"] == inside[0]["token_ids"]
+    # vLLM itself is not batch-invariant (GEMM shapes change with the batch), so logprobs
+    # agree to the tolerance, not bit for bit; the unsteered rows show vLLM's own spread.
+    steered_diff = max(abs(a - b) for a, b in zip(alone["logprobs"], inside[0]["logprobs"], strict=True))
+    assert steered_diff <= TOLERANCE
+    plain_index = next(i for i, c in enumerate(batch) if c["spans"] is None)
+    plain_alone = _run(llm, [batch[plain_index]])[0]
+    assert plain_alone["token_ids"] == inside[plain_index]["token_ids"]
+    plain_diff = max(
+        abs(a - b) for a, b in zip(plain_alone["logprobs"], inside[plain_index]["logprobs"], strict=True)
+    )
+    print(f"alone vs batch of 16: steered {steered_diff:.2e}, unsteered (plain vLLM) {plain_diff:.2e}")
 
 
 def test_prefix_cache_keeps_emphases_apart(llm: Any, expectations: dict[str, Any]) -> None:
