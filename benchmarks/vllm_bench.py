@@ -59,8 +59,12 @@ def run_vllm(config: dict[str, Any]) -> dict[str, Any]:
 
         extra = engine_kwargs(path, head_config="smollm2-135m-instruct", alpha=0.2)
     llm = LLM(
-        model=path, dtype="float32", max_model_len=2048, enforce_eager=True,
-        distributed_executor_backend="uni", **extra,
+        model=path,
+        dtype="float32",
+        max_model_len=2048,
+        enforce_eager=True,
+        distributed_executor_backend="uni",
+        **extra,
     )
     cache = llm.llm_engine.vllm_config.cache_config
     kv_tokens = int(cache.num_gpu_blocks or 0) * int(cache.block_size)
@@ -72,7 +76,9 @@ def run_vllm(config: dict[str, Any]) -> dict[str, Any]:
             pasta = {"substrings": [INSTRUCTION.strip()]}
         params.append(
             SamplingParams(
-                max_tokens=config["max_tokens"], temperature=0, ignore_eos=True,
+                max_tokens=config["max_tokens"],
+                temperature=0,
+                ignore_eos=True,
                 extra_args={"pasta": pasta} if pasta else None,
             )
         )
@@ -115,7 +121,9 @@ def _child(kind: str, config: dict[str, Any]) -> dict[str, Any]:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         subprocess.run(
             [sys.executable, __file__, "--child", str(spec), str(out)],
-            check=True, env=env, stdout=subprocess.DEVNULL,
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
         )
         return json.loads(out.read_text())
 

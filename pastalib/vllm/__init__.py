@@ -84,7 +84,9 @@ def engine_kwargs(
         "pasta_decode_steps": decode_steps,
     }
     if head_config is not None:
-        spec = load_head_config(head_config) if isinstance(head_config, (str, Path)) else head_config
+        spec = (
+            load_head_config(head_config) if isinstance(head_config, (str, Path)) else head_config
+        )
         if isinstance(spec, dict):
             spec = {str(layer): list(heads) for layer, heads in spec.items()}
         overrides["pasta_head_config"] = spec

@@ -52,7 +52,7 @@ def padded_head_size(head_size: int, on_cpu: bool) -> int:
 
 
 def _padded_attention_class(base: type[Any]) -> type[Any]:
-    class PastaAttention(base):  # type: ignore[misc,valid-type]
+    class PastaAttention(base):
         """vLLM's ``Attention`` on padded heads that carry the PASTA bias channels."""
 
         def __init__(self, num_heads: int, head_size: int, scale: float, *args: Any, **kw: Any):
@@ -65,7 +65,7 @@ def _padded_attention_class(base: type[Any]) -> type[Any]:
             self.pasta_scale = float(scale)
             self.pasta_layer = extract_layer_index(kw.get("prefix", ""))
 
-        def forward(  # type: ignore[override]
+        def forward(
             self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kw: Any
         ) -> torch.Tensor:
             size, padded = self.real_head_size, self.head_size
@@ -97,12 +97,12 @@ def _padded_attention_class(base: type[Any]) -> type[Any]:
 @contextlib.contextmanager
 def _patched_attention(module: ModuleType) -> Iterator[None]:
     """Makes the model file build padded attention layers while the model is constructed."""
-    original = module.Attention
-    module.Attention = _padded_attention_class(original)
+    original = getattr(module, "Attention")  # noqa: B009 - patched by name
+    setattr(module, "Attention", _padded_attention_class(original))  # noqa: B010
     try:
         yield
     finally:
-        module.Attention = original
+        setattr(module, "Attention", original)  # noqa: B010
 
 
 class _SteeredMixin:
@@ -148,9 +148,7 @@ class _SteeredMixin:
         starts = getattr(first, "query_start_loc", None)
         if starts is None:
             return None
-        return BATCH.plan(
-            positions.cpu(), starts.tolist(), self.pasta_num_heads, *self.pasta_tp
-        )
+        return BATCH.plan(positions.cpu(), starts.tolist(), self.pasta_num_heads, *self.pasta_tp)
 
     def forward(self, input_ids: Any, positions: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         """The base model's forward with this step's steering plan installed."""

@@ -42,7 +42,7 @@ from pastalib.spans import (
     normalize_spans,
     token_mask_from_spans,
 )
-from pastalib.steering import SCALE_POSITIONS, check_alpha, prompt_bias
+from pastalib.steering import SCALE_POSITIONS, ScalePosition, check_alpha, prompt_bias
 
 PASTA_KEY = "pasta"
 """Key of the raw request parameters in ``SamplingParams.extra_args``."""
@@ -206,9 +206,13 @@ def parse(raw: Any) -> PastaRequest:
                 raise ParameterError(f"pasta.substrings: unknown key(s) {extra}.")
             text, occurrence = item.get("text"), item.get("occurrence", 0)
         if not isinstance(text, str) or not text:
-            raise ParameterError(f"pasta.substrings: each text must be a non-empty string, got {text!r}.")
+            raise ParameterError(
+                f"pasta.substrings: each text must be a non-empty string, got {text!r}."
+            )
         if isinstance(occurrence, bool) or not isinstance(occurrence, int):
-            raise ParameterError(f"pasta.substrings: occurrence must be an integer, got {occurrence!r}.")
+            raise ParameterError(
+                f"pasta.substrings: occurrence must be an integer, got {occurrence!r}."
+            )
         substrings.append((text, occurrence))
     messages: list[tuple[str, tuple[Span, ...]]] = []
     for index, item in enumerate(_as_list("messages", raw.get("messages", []))):
@@ -378,7 +382,8 @@ def resolve(
             if str(error).startswith("pasta."):
                 raise
             raise type(error)(f"pasta.{field_name}: {error}") from None
-    bias = prompt_bias(emphasis, torch.ones(1, length, dtype=torch.long), alpha, scale_position)
+    position: ScalePosition = "include" if scale_position == "include" else "exclude"
+    bias = prompt_bias(emphasis, torch.ones(1, length, dtype=torch.long), alpha, position)
     scaled = _runs(bias[0] != 0)
     return ResolvedPasta(
         scaled=tuple(scaled),

@@ -22,12 +22,18 @@ from pastalib.errors import ParameterError
 
 # HF architecture -> (vLLM class, steered architecture name).
 STEERED_ARCHITECTURES: dict[str, tuple[str, str]] = {
-    "LlamaForCausalLM": ("vllm.model_executor.models.llama:LlamaForCausalLM", "PastaLlamaForCausalLM"),
+    "LlamaForCausalLM": (
+        "vllm.model_executor.models.llama:LlamaForCausalLM",
+        "PastaLlamaForCausalLM",
+    ),
     "MistralForCausalLM": (
         "vllm.model_executor.models.llama:LlamaForCausalLM",
         "PastaMistralForCausalLM",
     ),
-    "Qwen2ForCausalLM": ("vllm.model_executor.models.qwen2:Qwen2ForCausalLM", "PastaQwen2ForCausalLM"),
+    "Qwen2ForCausalLM": (
+        "vllm.model_executor.models.qwen2:Qwen2ForCausalLM",
+        "PastaQwen2ForCausalLM",
+    ),
 }
 STEERED_NAMES = frozenset(steered for _, steered in STEERED_ARCHITECTURES.values())
 
@@ -63,7 +69,7 @@ def _patch_input_processor() -> None:
         return request
 
     process_inputs._pasta = True  # type: ignore[attr-defined]
-    InputProcessor.process_inputs = process_inputs  # type: ignore[method-assign]
+    setattr(InputProcessor, "process_inputs", process_inputs)  # noqa: B010
 
 
 def resolve_request(processor: Any, request: Any) -> None:

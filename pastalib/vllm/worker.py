@@ -23,10 +23,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from vllm.sampling_params import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-try:  # vLLM is only present in the serving environment.
-    from vllm.v1.sample.logits_processor import LogitsProcessor as _LogitsProcessorBase
-except ImportError:  # pragma: no cover - pastalib without vLLM
-    _LogitsProcessorBase = object  # type: ignore[assignment,misc]
+
+def _processor_base() -> Any:
+    """The LogitsProcessor base class of vLLM (present only in the serving environment)."""
+    try:
+        from vllm.v1.sample.logits_processor import LogitsProcessor
+    except ImportError:  # pragma: no cover - pastalib without vLLM
+        return object
+    return LogitsProcessor
+
+
+_LogitsProcessorBase: Any = _processor_base()
 
 
 @dataclass
@@ -142,7 +149,7 @@ def _row_state(
     return RowState(steering, len(prompt_ids or ()))
 
 
-class PastaStateProcessor(_LogitsProcessorBase):  # type: ignore[misc,valid-type]
+class PastaStateProcessor(_LogitsProcessorBase):
     """Carries each request's resolved steering into :data:`BATCH`; never changes logits."""
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
@@ -178,7 +185,3 @@ class PastaStateProcessor(_LogitsProcessorBase):  # type: ignore[misc,valid-type
 def processor_fqcn() -> str:
     """The processor's qualified name, as vLLM's ``logits_processors`` option takes it."""
     return f"{PastaStateProcessor.__module__}:{PastaStateProcessor.__qualname__}"
-
-
-def _unused(*_: Any) -> None:  # keeps mypy quiet about the TYPE_CHECKING-only names
-    return None

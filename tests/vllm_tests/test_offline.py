@@ -19,7 +19,9 @@ def expectations(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Starts the in-process reference and plain vLLM; collected when first needed."""
     directory = tmp_path_factory.mktemp("expect")
     all_cases = cases()
-    reference = run_script("reference.py", all_cases, directory / "reference.json", reference_python())
+    reference = run_script(
+        "reference.py", all_cases, directory / "reference.json", reference_python()
+    )
     plain = run_script("plain_vllm.py", all_cases, directory / "plain.json")
     return {
         "cases": all_cases,
@@ -58,7 +60,9 @@ def _params(case: dict[str, Any], **extra: Any) -> Any:
 
 
 def _run(llm: Any, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    outputs = llm.generate([c["prompt"] for c in batch], [_params(c) for c in batch], use_tqdm=False)
+    outputs = llm.generate(
+        [c["prompt"] for c in batch], [_params(c) for c in batch], use_tqdm=False
+    )
     results = []
     for output in outputs:
         completion = output.outputs[0]
@@ -74,7 +78,9 @@ def mixed(llm: Any, expectations: dict[str, Any]) -> list[dict[str, Any]]:
     return _run(llm, expectations["cases"])
 
 
-def test_steered_matches_in_process_engine(mixed: list[dict[str, Any]], expectations: dict[str, Any]) -> None:
+def test_steered_matches_in_process_engine(
+    mixed: list[dict[str, Any]], expectations: dict[str, Any]
+) -> None:
     reference = collect(*expectations["reference"])
     all_cases = expectations["cases"]
     assert sum(c["spans"] is not None for c in all_cases) >= 16
@@ -87,10 +93,14 @@ def test_steered_matches_in_process_engine(mixed: list[dict[str, Any]], expectat
     print(f"worst logprob difference vs in-process engine: {worst:.2e}")
 
 
-def test_steering_changes_outputs(mixed: list[dict[str, Any]], expectations: dict[str, Any]) -> None:
+def test_steering_changes_outputs(
+    mixed: list[dict[str, Any]], expectations: dict[str, Any]
+) -> None:
     """Guards against a plugin that silently does nothing."""
     all_cases = expectations["cases"]
-    plain_by_prompt = {c["prompt"]: r for c, r in zip(all_cases, mixed, strict=True) if c["spans"] is None}
+    plain_by_prompt = {
+        c["prompt"]: r for c, r in zip(all_cases, mixed, strict=True) if c["spans"] is None
+    }
     changed = sum(
         r["logprobs"] != plain_by_prompt[c["prompt"]]["logprobs"]
         for c, r in zip(all_cases, mixed, strict=True)
@@ -99,7 +109,9 @@ def test_steering_changes_outputs(mixed: list[dict[str, Any]], expectations: dic
     assert changed == sum(c["spans"] is not None for c in all_cases)
 
 
-def test_unsteered_bit_identical_to_plain_vllm(mixed: list[dict[str, Any]], expectations: dict[str, Any]) -> None:
+def test_unsteered_bit_identical_to_plain_vllm(
+    mixed: list[dict[str, Any]], expectations: dict[str, Any]
+) -> None:
     plain = collect(*expectations["plain"])
     checked = 0
     for case, got, want in zip(expectations["cases"], mixed, plain, strict=True):
@@ -120,15 +132,20 @@ def test_alone_equals_in_batch_of_16(llm: Any, expectations: dict[str, Any]) -> 
     assert alone["token_ids"] == inside[0]["token_ids"]
     # vLLM itself is not batch-invariant (GEMM shapes change with the batch), so logprobs
     # agree to the tolerance, not bit for bit; the unsteered rows show vLLM's own spread.
-    steered_diff = max(abs(a - b) for a, b in zip(alone["logprobs"], inside[0]["logprobs"], strict=True))
+    steered_diff = max(
+        abs(a - b) for a, b in zip(alone["logprobs"], inside[0]["logprobs"], strict=True)
+    )
     assert steered_diff <= TOLERANCE
     plain_index = next(i for i, c in enumerate(batch) if c["spans"] is None)
     plain_alone = _run(llm, [batch[plain_index]])[0]
     assert plain_alone["token_ids"] == inside[plain_index]["token_ids"]
     plain_diff = max(
-        abs(a - b) for a, b in zip(plain_alone["logprobs"], inside[plain_index]["logprobs"], strict=True)
+        abs(a - b)
+        for a, b in zip(plain_alone["logprobs"], inside[plain_index]["logprobs"], strict=True)
     )
-    print(f"alone vs batch of 16: steered {steered_diff:.2e}, unsteered (plain vLLM) {plain_diff:.2e}")
+    print(
+        f"alone vs batch of 16: steered {steered_diff:.2e}, unsteered (plain vLLM) {plain_diff:.2e}"
+    )
 
 
 def test_prefix_cache_keeps_emphases_apart(llm: Any, expectations: dict[str, Any]) -> None:
@@ -143,14 +160,19 @@ def test_prefix_cache_keeps_emphases_apart(llm: Any, expectations: dict[str, Any
         if all_cases[index]["spans"] is None:
             assert got == want
         else:
-            assert max(abs(a - b) for a, b in zip(got["logprobs"], want["logprobs"], strict=True)) <= TOLERANCE
+            assert (
+                max(abs(a - b) for a, b in zip(got["logprobs"], want["logprobs"], strict=True))
+                <= TOLERANCE
+            )
 
 
-def test_substrings_and_token_spans_match_char_spans(llm: Any, expectations: dict[str, Any]) -> None:
+def test_substrings_and_token_spans_match_char_spans(
+    llm: Any, expectations: dict[str, Any]
+) -> None:
+    from transformers import AutoTokenizer
     from vllm import SamplingParams
 
     from pastalib.models import default_model_dir
-    from transformers import AutoTokenizer
 
     case = expectations["cases"][1]
     prompt = case["prompt"]
@@ -166,11 +188,23 @@ def test_substrings_and_token_spans_match_char_spans(llm: Any, expectations: dic
         {**base, "token_spans": [[tokens[0], tokens[-1] + 1]]},
     ]
     params = [
-        SamplingParams(max_tokens=MAX_TOKENS, temperature=0, logprobs=1, ignore_eos=True, extra_args={"pasta": v})
+        SamplingParams(
+            max_tokens=MAX_TOKENS,
+            temperature=0,
+            logprobs=1,
+            ignore_eos=True,
+            extra_args={"pasta": v},
+        )
         for v in variants
     ]
     outputs = llm.generate([prompt] * len(variants), params, use_tqdm=False)
-    logprobs = [[step[t].logprob for step, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids, strict=True)] for o in outputs]
+    logprobs = [
+        [
+            step[t].logprob
+            for step, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids, strict=True)
+        ]
+        for o in outputs
+    ]
     assert all(lp == logprobs[0] for lp in logprobs)
     assert math.isfinite(logprobs[0][0])
 

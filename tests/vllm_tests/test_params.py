@@ -35,7 +35,9 @@ def tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(default_model_dir()))
 
 
-def _pasta_mask(tokenizer: Any, text: str, spans: list[tuple[int, int]], position: str) -> list[bool]:
+def _pasta_mask(
+    tokenizer: Any, text: str, spans: list[tuple[int, int]], position: str
+) -> list[bool]:
     """The in-process engine's scaled positions, through pastalib's own functions."""
     from pastalib.spans import normalize_spans, token_mask_from_spans
     from pastalib.steering import prompt_bias
@@ -61,7 +63,11 @@ def test_char_spans_resolve_like_in_process(tokenizer: Any, position: str) -> No
     ids = tokenizer(text)["input_ids"]
     resolved = resolve(
         parse({"spans": [list(s) for s in spans], "scale_position": position, "alpha": 0.5}),
-        ids, tokenizer, DEFAULTS, 30, 9,
+        ids,
+        tokenizer,
+        DEFAULTS,
+        30,
+        9,
     )
     assert _scaled_mask(resolved, len(ids)) == _pasta_mask(tokenizer, text, spans, position)
     assert resolved.log_alpha == math.log(0.5)
@@ -72,12 +78,21 @@ def test_substring_occurrence_and_token_spans(tokenizer: Any) -> None:
     text = "Say yes. Then say yes again. Finally say yes."
     ids = tokenizer(text)["input_ids"]
     last = text.rfind("yes")
-    by_substring = resolve(parse({"substrings": [{"text": "yes", "occurrence": -1}]}), ids, tokenizer, DEFAULTS, 30, 9)
+    by_substring = resolve(
+        parse({"substrings": [{"text": "yes", "occurrence": -1}]}), ids, tokenizer, DEFAULTS, 30, 9
+    )
     by_span = resolve(parse({"spans": [[last, last + 3]]}), ids, tokenizer, DEFAULTS, 30, 9)
     assert by_substring == by_span
-    emphasized = [i for i, m in enumerate(_pasta_mask(tokenizer, text, [(last, last + 3)], "include")) if m]
+    emphasized = [
+        i for i, m in enumerate(_pasta_mask(tokenizer, text, [(last, last + 3)], "include")) if m
+    ]
     by_tokens = resolve(
-        parse({"token_spans": [[emphasized[0], emphasized[-1] + 1]]}), ids, tokenizer, DEFAULTS, 30, 9
+        parse({"token_spans": [[emphasized[0], emphasized[-1] + 1]]}),
+        ids,
+        tokenizer,
+        DEFAULTS,
+        30,
+        9,
     )
     assert by_tokens == by_span
 
@@ -93,26 +108,51 @@ def test_message_spans_follow_render_chat(tokenizer: Any) -> None:
     text, placed = render_chat(tokenizer, messages, spans)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     resolved = resolve(
-        parse({"messages": [{"content": m["content"], "spans": [list(s) for s in sp]} for m, sp in zip(messages, spans)]}),
-        ids, tokenizer, DEFAULTS, 30, 9,
+        parse(
+            {
+                "messages": [
+                    {"content": m["content"], "spans": [list(s) for s in sp]}
+                    for m, sp in zip(messages, spans, strict=True)
+                ]
+            }
+        ),
+        ids,
+        tokenizer,
+        DEFAULTS,
+        30,
+        9,
     )
     assert _scaled_mask(resolved, len(ids)) == _pasta_mask(tokenizer, text, placed, "exclude")
     with pytest.raises(ChatTemplateError, match=r"pasta\.messages\[0\]"):
-        resolve(parse({"messages": [{"content": "never said", "spans": [[0, 5]]}]}), ids, tokenizer, DEFAULTS, 30, 9)
+        resolve(
+            parse({"messages": [{"content": "never said", "spans": [[0, 5]]}]}),
+            ids,
+            tokenizer,
+            DEFAULTS,
+            30,
+            9,
+        )
 
 
 def test_no_emphasis_does_not_steer(tokenizer: Any) -> None:
     ids = tokenizer("Hello there")["input_ids"]
     assert not resolve(parse({}), ids, tokenizer, DEFAULTS, 30, 9).steers
-    assert not resolve(parse({"spans": [[0, 5]], "alpha": 1.0}), ids, tokenizer, DEFAULTS, 30, 9).steers
+    assert not resolve(
+        parse({"spans": [[0, 5]], "alpha": 1.0}), ids, tokenizer, DEFAULTS, 30, 9
+    ).steers
 
 
 def test_cache_salt_separates_emphases(tokenizer: Any) -> None:
     ids = tokenizer("Answer in French. What is the capital of Italy?")["input_ids"]
     salts = {
         resolve(parse(p), ids, tokenizer, DEFAULTS, 30, 9).cache_salt()
-        for p in ({"spans": [[0, 17]]}, {"spans": [[0, 6]]}, {"spans": [[0, 17]], "alpha": 0.3},
-                  {"spans": [[0, 17]], "decode_steps": 1}, {"spans": [[0, 17]], "head_config": {"18": [0]}})
+        for p in (
+            {"spans": [[0, 17]]},
+            {"spans": [[0, 6]]},
+            {"spans": [[0, 17]], "alpha": 0.3},
+            {"spans": [[0, 17]], "decode_steps": 1},
+            {"spans": [[0, 17]], "head_config": {"18": [0]}},
+        )
     }
     assert len(salts) == 5
 
@@ -154,11 +194,15 @@ def test_resolution_errors_name_the_field(tokenizer: Any) -> None:
     with pytest.raises(SpanError, match=r"pasta\.token_spans"):
         resolve(parse({"token_spans": [[0, 99]]}), ids, tokenizer, DEFAULTS, 30, 9)
     with pytest.raises(HeadConfigError, match=r"pasta\.head_config: .*head 9 is out of range"):
-        resolve(parse({"spans": [[0, 5]], "head_config": {"3": [9]}}), ids, tokenizer, DEFAULTS, 30, 9)
+        resolve(
+            parse({"spans": [[0, 5]], "head_config": {"3": [9]}}), ids, tokenizer, DEFAULTS, 30, 9
+        )
 
 
 def test_resolved_round_trip() -> None:
-    resolved = ResolvedPasta(scaled=((0, 3), (7, 9)), log_alpha=math.log(0.2), heads={18: [1, 2]}, decode_steps=4)
+    resolved = ResolvedPasta(
+        scaled=((0, 3), (7, 9)), log_alpha=math.log(0.2), heads={18: [1, 2]}, decode_steps=4
+    )
     assert ResolvedPasta.from_json(resolved.to_json()) == resolved
 
 
@@ -185,7 +229,9 @@ def test_worker_plan_places_bias_and_switch() -> None:
     from pastalib.vllm.worker import BatchState, RowState
 
     state = BatchState()
-    steering = ResolvedPasta(scaled=((1, 3),), log_alpha=-1.0, heads={2: [0, 4], 5: [8]}, decode_steps=1)
+    steering = ResolvedPasta(
+        scaled=((1, 3),), log_alpha=-1.0, heads={2: [0, 4], 5: [8]}, decode_steps=1
+    )
     state.rows[1] = RowState(steering, prompt_len=4)
     # Row 0 (unsteered): 2 decode tokens... row 0 has 3 tokens, row 1 a 4-token prefill
     positions = torch.tensor([7, 8, 9, 0, 1, 2, 3])

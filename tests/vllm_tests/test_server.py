@@ -36,11 +36,23 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     command = [
-        str(Path(sys.executable).parent / "vllm"), "serve", path,
+        str(Path(sys.executable).parent / "vllm"),
+        "serve",
+        path,
         *serve_args(path, head_config="smollm2-135m-instruct", alpha=0.2),
-        "--host", "127.0.0.1", "--port", str(port), "--served-model-name", MODEL_NAME,
-        "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
-        "--distributed-executor-backend", "uni",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        MODEL_NAME,
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "2048",
+        "--enforce-eager",
+        "--distributed-executor-backend",
+        "uni",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(log, "wb") as handle:
@@ -50,7 +62,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.time() + 900
         while True:
             if process.poll() is not None:
-                raise AssertionError(f"vllm serve exited {process.returncode}:\n{log.read_text()[-5000:]}")
+                raise AssertionError(
+                    f"vllm serve exited {process.returncode}:\n{log.read_text()[-5000:]}"
+                )
             try:
                 if httpx.get(f"{base}/v1/models", timeout=5).status_code == 200:
                     break
@@ -78,8 +92,13 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _completion(base: str, case: dict[str, Any], **extra: Any) -> httpx.Response:
     body = {
-        "model": MODEL_NAME, "prompt": case["prompt"], "max_tokens": case["max_tokens"],
-        "temperature": 0, "logprobs": 1, "ignore_eos": True, **extra,
+        "model": MODEL_NAME,
+        "prompt": case["prompt"],
+        "max_tokens": case["max_tokens"],
+        "temperature": 0,
+        "logprobs": 1,
+        "ignore_eos": True,
+        **extra,
     }
     return httpx.post(f"{base}/v1/completions", json=body, timeout=300)
 
@@ -94,7 +113,9 @@ def test_steered_and_unsteered_completions(server: str, reference: dict[str, Any
     pasta = {k: steered_case[k] for k in ("spans", "alpha", "scale_position", "decode_steps")}
     steered = _token_logprobs(_completion(server, steered_case, pasta=pasta))
     # The same request through vLLM's own vllm_xargs channel (JSON text).
-    via_xargs = _token_logprobs(_completion(server, steered_case, vllm_xargs={"pasta": json.dumps(pasta)}))
+    via_xargs = _token_logprobs(
+        _completion(server, steered_case, vllm_xargs={"pasta": json.dumps(pasta)})
+    )
     unsteered = _token_logprobs(_completion(server, unsteered_case))
     want = collect(reference["process"], reference["out"])
     for got, expected in ((unsteered, want[0]), (steered, want[1]), (via_xargs, want[1])):
@@ -105,19 +126,31 @@ def test_steered_and_unsteered_completions(server: str, reference: dict[str, Any
 def test_streaming_chat_equals_non_streaming(server: str) -> None:
     messages = [{"role": "user", "content": "Answer in French. What is the capital of Italy?"}]
     pasta = {"messages": [{"content": messages[0]["content"], "spans": [[0, 17]]}]}
-    body = {"model": MODEL_NAME, "messages": messages, "max_tokens": 12, "temperature": 0, "pasta": pasta}
+    body = {
+        "model": MODEL_NAME,
+        "messages": messages,
+        "max_tokens": 12,
+        "temperature": 0,
+        "pasta": pasta,
+    }
     whole = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=300)
     assert whole.status_code == 200, whole.text
     text = whole.json()["choices"][0]["message"]["content"]
     pieces = []
-    with httpx.stream("POST", f"{server}/v1/chat/completions", json={**body, "stream": True}, timeout=300) as stream:
+    with httpx.stream(
+        "POST", f"{server}/v1/chat/completions", json={**body, "stream": True}, timeout=300
+    ) as stream:
         assert stream.status_code == 200
         for line in stream.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
                 delta = json.loads(line[6:])["choices"][0]["delta"]
                 pieces.append(delta.get("content") or "")
     assert "".join(pieces) == text
-    plain = httpx.post(f"{server}/v1/chat/completions", json={k: v for k, v in body.items() if k != "pasta"}, timeout=300)
+    plain = httpx.post(
+        f"{server}/v1/chat/completions",
+        json={k: v for k, v in body.items() if k != "pasta"},
+        timeout=300,
+    )
     assert plain.json()["choices"][0]["message"]["content"] != text
 
 
@@ -148,9 +181,14 @@ def test_langchain_client_in_lcel_chain(server: str) -> None:
     from langchain_pasta.prompts import EmphasizedChatPromptTemplate
 
     prompt = EmphasizedChatPromptTemplate.from_messages(
-        [("system", "You are a helpful assistant."), ("human", "*Answer in French.* What is the capital of {country}?")]
+        [
+            ("system", "You are a helpful assistant."),
+            ("human", "*Answer in French.* What is the capital of {country}?"),
+        ]
     )
-    remote = ChatPastaOpenAI(base_url=f"{server}/v1", model=MODEL_NAME, alpha=0.2, max_tokens=12, temperature=0)
+    remote = ChatPastaOpenAI(
+        base_url=f"{server}/v1", model=MODEL_NAME, alpha=0.2, max_tokens=12, temperature=0
+    )
     chain = prompt | remote | StrOutputParser()
     got = chain.invoke({"country": "Italy"})
     local = ChatPasta.from_default(alpha=0.2, max_new_tokens=12)
@@ -158,9 +196,16 @@ def test_langchain_client_in_lcel_chain(server: str) -> None:
     assert got == want
     streamed = "".join(chain.stream({"country": "Italy"}))
     assert streamed == got
-    unsteered = ChatPastaOpenAI(base_url=f"{server}/v1", model=MODEL_NAME, max_tokens=12, temperature=0)
+    unsteered = ChatPastaOpenAI(
+        base_url=f"{server}/v1", model=MODEL_NAME, max_tokens=12, temperature=0
+    )
     plain_prompt = "Answer in French. What is the capital of Italy?"
-    assert unsteered.invoke([("system", "You are a helpful assistant."), ("human", plain_prompt)]).content != got
+    assert (
+        unsteered.invoke(
+            [("system", "You are a helpful assistant."), ("human", plain_prompt)]
+        ).content
+        != got
+    )
 
 
 async def test_langchain_client_async_and_structured_output(server: str) -> None:
@@ -172,8 +217,12 @@ async def test_langchain_client_async_and_structured_output(server: str) -> None
     class City(BaseModel):
         city: str
 
-    prompt = EmphasizedChatPromptTemplate.from_messages([("human", "*Reply in JSON.* Name the capital of {country}.")])
-    llm = ChatPastaOpenAI(base_url=f"{server}/v1", model=MODEL_NAME, alpha=0.2, max_tokens=24, temperature=0)
+    prompt = EmphasizedChatPromptTemplate.from_messages(
+        [("human", "*Reply in JSON.* Name the capital of {country}.")]
+    )
+    llm = ChatPastaOpenAI(
+        base_url=f"{server}/v1", model=MODEL_NAME, alpha=0.2, max_tokens=24, temperature=0
+    )
     message = await (prompt | llm).ainvoke({"country": "Italy"})
     assert isinstance(message.content, str) and message.content
     structured = prompt | llm.with_structured_output(City, method="json_schema")
