@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from pastalib.errors import ParameterError
+from pastalib.errors import ParameterError, PastaError
 
 # HF architecture -> (vLLM class, steered architecture name).
 STEERED_ARCHITECTURES: dict[str, tuple[str, str]] = {
@@ -73,7 +73,34 @@ def _patch_input_processor() -> None:
 
 
 def resolve_request(processor: Any, request: Any) -> None:
-    """Replaces a request's raw ``pasta`` field by its resolution onto the prompt tokens."""
+    """Replaces a request's raw ``pasta`` field by its resolution onto the prompt tokens.
+
+    Raises:
+        PastaError: Bad input, as a class that is also vLLM's ``VLLMValidationError`` (the
+            server answers HTTP 400 with the message; a bare ValueError here would be a 500).
+    """
+    try:
+        _resolve_request(processor, request)
+    except PastaError as error:
+        raise _http_400(type(error))(str(error)) from error
+
+
+_HTTP_400: dict[type[PastaError], type[PastaError]] = {}
+
+
+def _http_400(cls: type[PastaError]) -> type[PastaError]:
+    """``cls`` combined with ``VLLMValidationError`` (one class per error class)."""
+    if cls not in _HTTP_400:
+        from vllm.exceptions import VLLMValidationError
+
+        def __init__(self: Any, message: str) -> None:
+            VLLMValidationError.__init__(self, message, parameter="pasta")
+
+        _HTTP_400[cls] = type(cls.__name__, (cls, VLLMValidationError), {"__init__": __init__})
+    return _HTTP_400[cls]
+
+
+def _resolve_request(processor: Any, request: Any) -> None:
     from pastalib.vllm.params import PASTA_KEY, RESOLVED_KEY, parse, resolve
 
     extra = request.sampling_params.extra_args

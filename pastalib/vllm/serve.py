@@ -109,7 +109,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--decode-steps", type=int, default=None)
     parser.add_argument("--served-model-name", default=None)
     parser.add_argument("--no-cpu-defaults", action="store_true")
-    args, extra = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:  # everything after "--" goes to `vllm serve` untouched
+        at = argv.index("--")
+        argv, extra = argv[:at], argv[at + 1 :]
+    args, unknown = parser.parse_known_args(argv)
     command = serve_command(
         args.model,
         host=args.host,
@@ -120,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         decode_steps=args.decode_steps,
         served_model_name=args.served_model_name,
         cpu_defaults=not args.no_cpu_defaults,
-        extra=[a for a in extra if a != "--"],
+        extra=[*unknown, *extra],
     )
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     print("vllm " + " ".join(command), file=sys.stderr)

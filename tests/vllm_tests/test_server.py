@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,28 +28,21 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from pastalib.models import default_model_dir
-    from pastalib.vllm import serve_args
-
-    path = str(default_model_dir())
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
+    # `pasta serve` (python -m pastalib.vllm.serve): the embedded model, its shipped heads
+    # and alpha 0.2 by default; the arguments after "--" go to `vllm serve`.
     command = [
-        str(Path(sys.executable).parent / "vllm"),
-        "serve",
-        path,
-        *serve_args(path, head_config="smollm2-135m-instruct", alpha=0.2),
-        "--host",
-        "127.0.0.1",
+        sys.executable,
+        "-m",
+        "pastalib.vllm.serve",
         "--port",
         str(port),
         "--served-model-name",
         MODEL_NAME,
-        "--dtype",
-        "float32",
+        "--",
         "--max-model-len",
         "2048",
-        "--enforce-eager",
         "--distributed-executor-backend",
         "uni",
     ]
