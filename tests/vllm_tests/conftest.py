@@ -21,7 +21,11 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
-collect_ignore = [] if HAS_VLLM else ["test_offline.py", "test_server.py"]
+collect_ignore = (
+    []
+    if HAS_VLLM
+    else ["test_offline.py", "test_server.py", "test_tensor_parallel.py", "test_client.py"]
+)
 
 ENGINE_ARGS: dict[str, Any] = {
     "dtype": "float32",
