@@ -21,11 +21,12 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
+HAS_OPENAI = importlib.util.find_spec("langchain_openai") is not None
 collect_ignore = (
-    []
-    if HAS_VLLM
-    else ["test_offline.py", "test_server.py", "test_tensor_parallel.py", "test_client.py"]
+    [] if HAS_VLLM else ["test_offline.py", "test_server.py", "test_tensor_parallel.py"]
 )
+if not (HAS_VLLM and HAS_OPENAI):
+    collect_ignore.append("test_client.py")
 
 ENGINE_ARGS: dict[str, Any] = {
     "dtype": "float32",
