@@ -21,6 +21,7 @@ from typing_extensions import override
 
 from langchain_pasta._base import MODEL_CONFIG, PastaParams
 from langchain_pasta.prompts import EmphasizedPromptValue, message_spans
+from pastalib.errors import ParameterTypeError
 from pastalib.generation import GenerationOutput
 from pastalib.markup import MarkupError, parse_emphasis
 from pastalib.spans import Span, SpanError
@@ -116,7 +117,7 @@ class PastaLLM(PastaParams, BaseLLM):
             return _messages_to_text(prompt.messages)
         text = prompt.text if isinstance(prompt, StringPromptValue) else prompt
         if not isinstance(text, str):
-            raise TypeError(
+            raise ParameterTypeError(
                 f"PastaLLM takes a string or a prompt value, got {type(prompt).__name__}."
             )
         if not self.parse_markup:

@@ -216,9 +216,9 @@ class EmphasizedPromptTemplate(PromptTemplate):
         if not isinstance(other, PromptTemplate):
             raise NotImplementedError(f"Unsupported operand type for +: {type(other)}")
         if other.template_format != self.template_format:
-            raise ValueError("Cannot add templates of different formats.")
+            raise EmphasisError("Cannot add templates of different formats.")
         if set(self.partial_variables) & set(other.partial_variables):
-            raise ValueError("Cannot have same variable partialed twice.")
+            raise EmphasisError("Cannot have same variable partialed twice.")
         left, left_spans = parse_emphasis(
             self.template, open_tag=self.open_tag, close_tag=self.close_tag, escape=self.escape
         )

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from pastalib.errors import HeadConfigError, ParameterError, SpanError
-from pastalib.heads import HeadConfig, load_head_config, resolve_head_config
+from pastalib.heads import LayerHeads, load_head_config, resolve_head_config
 from pastalib.spans import (
     Span,
     find_substring_span,
@@ -82,7 +82,7 @@ class PastaRequest:
 class ServerDefaults:
     """What a request gets for the fields it leaves out."""
 
-    head_config: HeadConfig
+    head_config: LayerHeads
     alpha: float = 0.01
     scale_position: str = "exclude"
     decode_steps: int | None = None
@@ -270,7 +270,7 @@ def _check_head_config(value: Any) -> None:
     )
 
 
-def resolve_heads(spec: Any, num_layers: int, num_heads: int) -> HeadConfig:
+def resolve_heads(spec: Any, num_layers: int, num_heads: int) -> LayerHeads:
     """Validates a head config against the model (names are resolved from the shipped set)."""
     if isinstance(spec, str):
         spec = load_head_config(spec)

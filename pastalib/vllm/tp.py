@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from pastalib.errors import UnsupportedModelError
+from pastalib.errors import ParameterError, UnsupportedModelError
 
 
 def heads_per_rank(num_heads: int, tp_size: int) -> int:
@@ -36,7 +36,7 @@ def local_heads(
     Layers whose steered heads all live on other ranks are left out.
     """
     if not 0 <= tp_rank < tp_size:
-        raise ValueError(f"tp_rank {tp_rank} is outside 0..{tp_size - 1}.")
+        raise ParameterError(f"tp_rank {tp_rank} is outside 0..{tp_size - 1}.")
     per_rank = heads_per_rank(num_heads, tp_size)
     first = tp_rank * per_rank
     local: dict[int, list[int]] = {}

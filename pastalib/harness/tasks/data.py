@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from pastalib.errors import ParameterError
 from pastalib.harness.tasks import words
 from pastalib.harness.tasks.templates import (
     BIOS,
@@ -130,11 +131,11 @@ class TaskExample:
     def __post_init__(self) -> None:
         # ValueError, not assert: the invariant must hold under ``python -O`` too.
         if not self.emphasized:
-            raise ValueError(f"{self.uid}: no emphasized text.")
+            raise ParameterError(f"{self.uid}: no emphasized text.")
         for part in self.emphasized:
             first = self.prompt.find(part) if part else -1
             if first == -1 or self.prompt.find(part, first + 1) != -1:
-                raise ValueError(
+                raise ParameterError(
                     f"{self.uid}: emphasized text {part!r} must occur exactly once in the prompt."
                 )
 
@@ -399,9 +400,9 @@ _PERSON_BUILDERS: dict[str, Callable[[Person, str, int, random.Random, str], Tas
 
 def _check(task: str, split: str) -> None:
     if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; expected one of {', '.join(TASKS)}.")
+        raise ParameterError(f"Unknown task {task!r}; expected one of {', '.join(TASKS)}.")
     if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; expected 'train' or 'test'.")
+        raise ParameterError(f"Unknown split {split!r}; expected 'train' or 'test'.")
 
 
 def _rng(*parts: object) -> random.Random:
@@ -430,11 +431,11 @@ def generate(task: str, split: Split, n: int, seed: int = 0) -> list[TaskExample
     """
     _check(task, split)
     if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}.")
+        raise ParameterError(f"n must be non-negative, got {n}.")
     kc = task == "knowledge_conflict"
     size = pool_size(task, split)
     if n > size:
-        raise ValueError(
+        raise ParameterError(
             f"n={n} is larger than the {size} distinct "
             f"{'subject/object pairs' if kc else 'people'} of {task!r} ({split})."
         )
@@ -472,5 +473,5 @@ def load_suite(
     """
     names = [tasks] if isinstance(tasks, str) else list(tasks)
     if len(set(names)) != len(names):
-        raise ValueError(f"Repeated task in {names}.")
+        raise ParameterError(f"Repeated task in {names}.")
     return [ex for name in names for ex in generate(name, split, n_per_task, seed)]
