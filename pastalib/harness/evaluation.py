@@ -3,7 +3,9 @@
 Every condition generates greedily from the chat-rendered prompt of each example:
 
 * ``unsteered``: the plain prompt;
-* ``steered``: the same prompt, PASTA emphasizing the example's emphasized text;
+* ``steered``: the same prompt, the example's emphasized text steered by a mechanism
+  (``Condition.mechanism``: ``pasta``, ``boost`` or ``spotlight``, see
+  :mod:`pastalib.steering.mechanisms`);
 * ``prompt_only``: no steering, the emphasized text restated after the prompt behind
   ``IMPORTANT:`` (:func:`pastalib.harness.tasks.prompt_only_baseline`).
 
@@ -36,6 +38,7 @@ from pastalib.harness.tasks import (
 from pastalib.heads import HeadConfigSpec
 from pastalib.pasta import PASTA
 from pastalib.spans import Span
+from pastalib.steering import Mechanism, check_mechanism, check_target
 
 __all__ = [
     "METRICS",
@@ -68,6 +71,12 @@ class Condition:
         decode_steps: Steer the prefill and this many decode steps (None: all).
         grammar: Constrain the output to the task's JSON schema
             (:data:`pastalib.harness.tasks.OUTPUT_SCHEMAS`); only for tasks that have one.
+        mechanism: How a steered condition steers: ``"pasta"``, ``"boost"`` or
+            ``"spotlight"``.
+        target: Spotlight's attention share in (0, 1) (None: the steerer's, else 0.3).
+
+    Raises:
+        ParameterError: An unknown mechanism or a target outside (0, 1).
     """
 
     name: str
@@ -77,21 +86,47 @@ class Condition:
     alpha: float | None = None
     decode_steps: int | None = None
     grammar: bool = False
+    mechanism: Mechanism = "pasta"
+    target: float | None = None
+
+    def __post_init__(self) -> None:
+        check_mechanism(self.mechanism)
+        if self.target is not None:
+            check_target(self.target)
 
 
 def standard_conditions(
     head_config: HeadConfigSpec | None = None,
     alpha: float | None = None,
     decode_steps: int | None = None,
+    mechanisms: Sequence[Mechanism] = ("pasta",),
+    target: float | None = None,
 ) -> list[Condition]:
-    """Unsteered, steered and prompt-only, in that order."""
-    return [
-        Condition("unsteered"),
+    """Unsteered, one steered condition per mechanism, and prompt-only, in that order.
+
+    With one mechanism the steered condition is named ``steered``; with several,
+    ``steered:MECHANISM`` each.
+
+    Raises:
+        ParameterError: No mechanism, a repeated or unknown one, or a bad ``target``.
+    """
+    if not mechanisms or len(set(mechanisms)) != len(mechanisms):
+        raise ParameterError(
+            f"mechanisms must name each mechanism once, at least one; got {list(mechanisms)}."
+        )
+    steered = [
         Condition(
-            "steered", steer=True, head_config=head_config, alpha=alpha, decode_steps=decode_steps
-        ),
-        Condition("prompt_only", prompt_only=True),
+            "steered" if len(mechanisms) == 1 else f"steered:{mechanism}",
+            steer=True,
+            head_config=head_config,
+            alpha=alpha,
+            decode_steps=decode_steps,
+            mechanism=mechanism,
+            target=target if mechanism == "spotlight" else None,
+        )
+        for mechanism in mechanisms
     ]
+    return [Condition("unsteered"), *steered, Condition("prompt_only", prompt_only=True)]
 
 
 def grammar_conditions(
@@ -162,6 +197,8 @@ def run_condition(
                 alpha=condition.alpha,
                 head_config=condition.head_config,
                 decode_steps=condition.decode_steps,
+                mechanism=condition.mechanism,
+                target=condition.target,
                 grammar=grammar,
                 allow_incomplete=True,  # a cut-off value is scored as a failure, not raised
             )

@@ -133,7 +133,10 @@ BAD_ARGUMENTS: list[tuple[list[str], list[str]]] = [
     (["generate", "--head-config", "layers:1-2@0"], ["--head-config", "alpha must be > 0"]),
     (["generate", "--head-config", "layers:1-2@x"], ["--head-config", "not a number"]),
     (["generate", "--head-config", "@0.5"], ["--head-config", "empty"]),
-    (["generate", "--head-config", "{not_json.json}"], ["--head-config", "not a readable JSON file"]),
+    (
+        ["generate", "--head-config", "{not_json.json}"],
+        ["--head-config", "not a readable JSON file"],
+    ),
     (["generate", "--head-config", "{bad_alpha.json}"], ["--head-config", "alpha", "'high'"]),
     (["generate", "--head-config", "{bad_steps.json}"], ["--head-config", "decode_steps", "-2"]),
     (["generate", "--model", "/no/such/model"], ["--model", "does not exist"]),
@@ -168,6 +171,18 @@ BAD_ARGUMENTS: list[tuple[list[str], list[str]]] = [
     (["select", "-c", "layers:1-2", "-c", "layers:1-2"], ["--candidate", "once"]),
     (["select", "-c", "layers:1-2@-1"], ["--candidate", "alpha must be > 0"]),
     (["select", "-c", "nope.json"], ["--candidate", "nope.json"]),
+    (["eval", "--mechanism", "instaboost"], ["--mechanism", "'pasta', 'boost', 'spotlight'"]),
+    (["eval", "--mechanism", "boost", "--mechanism", "boost"], ["--mechanism", "once"]),
+    (["eval", "--target", "1.5"], ["--target", "(0, 1)"]),
+    (["eval", "--target", "0"], ["--target", "(0, 1)"]),
+    (["eval", "--mechanism", "boost", "--alpha", "2"], ["--mechanism boost", "alpha"]),
+    (["select", "-c", "spotlight:layers:1-2@1.5"], ["--candidate", "(0, 1)"]),
+    (["select", "-c", "spotlight:"], ["--candidate", "empty"]),
+    (["select", "-c", "boost@3"], ["--candidate", "beta"]),
+    (["select", "-c", "boost:nope.json"], ["--candidate", "nope.json"]),
+    (["select", "-c", "layers:1-2@2", "--mechanism", "spotlight"], ["(0, 1)"]),
+    (["select", "-c", "boost", "--mechanism", "warp"], ["--mechanism", "'warp'"]),
+    (["select", "-c", "boost", "--target", "-0.1"], ["--target", "(0, 1)"]),
 ]
 
 
