@@ -19,7 +19,7 @@ from pastalib.harness.selection import (
     parse_mechanism_candidate,
     recommended_settings,
 )
-from pastalib.harness.tasks import TASKS
+from pastalib.harness.tasks import ALL_TASKS
 from pastalib.heads import load_head_config
 from pastalib.markup import parse_emphasis
 from pastalib.spans import Span
@@ -64,11 +64,11 @@ def check_choice(value: str, choices: Sequence[str], name: str) -> str:
 def check_tasks(value: str, name: str = "--tasks") -> list[str]:
     """A comma-separated, non-empty list of registered task names."""
     names = [task.strip() for task in value.split(",") if task.strip()]
-    unknown = [task for task in names if task not in TASKS]
+    unknown = [task for task in names if task not in ALL_TASKS]
     if unknown or not names:
         raise ParameterError(
             f"{name}: unknown task(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
-            f"choose from {', '.join(TASKS)}."
+            f"choose from {', '.join(ALL_TASKS)}."
         )
     if len(set(names)) != len(names):
         raise ParameterError(f"{name}: each task must be given once, got {value!r}.")

@@ -31,9 +31,9 @@ from pastalib.grammar import json_schema_grammar
 from pastalib.harness.tasks import (
     OUTPUT_SCHEMAS,
     TaskExample,
-    generate,
+    generate_any,
     prompt_only_baseline,
-    score,
+    score_any,
 )
 from pastalib.heads import HeadConfigSpec
 from pastalib.pasta import PASTA
@@ -248,7 +248,7 @@ def evaluate(
 
     Args:
         pasta: The steerer (its head config and alpha are the defaults of steered conditions).
-        tasks: Task names.
+        tasks: Task names (any of :data:`pastalib.harness.tasks.ALL_TASKS`).
         conditions: How to prompt (see :func:`standard_conditions`).
         split: ``"test"`` for reporting, ``"train"`` for choosing settings.
         limit: Examples per task.
@@ -270,7 +270,7 @@ def evaluate(
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
     for task in tasks:
-        examples = generate(task, split, skip + limit, seed)[skip:]  # type: ignore[arg-type]
+        examples = generate_any(task, split, skip + limit, seed)[skip:]
         for condition in conditions:
             outputs = run_condition(
                 pasta,
@@ -282,7 +282,7 @@ def evaluate(
                 progress=progress,
             )
             for example, output in zip(examples, outputs, strict=True):
-                verdict = score(example, output)
+                verdict = score_any(example, output)
                 records.append(
                     {
                         "task": task,
