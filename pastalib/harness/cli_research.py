@@ -79,6 +79,17 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda done: bar.advance(job, done)
 
 
+def _check_ifbench(split: str, limit: int) -> None:
+    """IFBench runs on its test split, within its usable prompts, with its extra installed."""
+    from pastalib.harness import ifbench
+
+    if split != "test":
+        raise ParameterError(f"--split: ifbench has only a test split, got {split!r}.")
+    usable = ifbench.summary()["prompts_usable"]  # imports the official code (the extra)
+    if limit > usable:
+        raise ParameterError(f"--limit: ifbench has {usable} usable prompts, got {limit}.")
+
+
 def profile(
     tasks: TasksOption = "knowledge_conflict,format_constraints,json_format",
     n: Annotated[int, typer.Option("--n", min=1, help="Train examples per task.")] = 4,
@@ -241,6 +252,8 @@ def evaluate_command(
                 f"({', '.join(OUTPUT_SCHEMAS)}), got {', '.join(names)}."
             )
         require("llguidance", "grammar")
+    if "ifbench" in names:
+        _check_ifbench(split, limit)
     heads, scale, steps = selection.resolve_settings(head_config, alpha, decode_steps)
     if "boost" in mechanisms:
         try:
@@ -331,6 +344,8 @@ def select(
     from pastalib.pasta import PASTA
 
     names = task_list(tasks)
+    if "ifbench" in names:
+        raise ParameterError("--tasks: ifbench is a test set; never select on it.")
     expanded = len(selection.expand_candidates(candidates, mechanisms))  # checks them all
     specs = [selection.parse_mechanism_candidate(spec) for spec in candidates]
     set_threads(threads)

@@ -262,7 +262,10 @@ def evaluate(
 
     Returns:
         ``{"settings", "tasks": {task: {condition: rates}}, "overall": {condition: rates},
-        "examples": [per output records]}``; ``overall`` is the macro mean over tasks.
+        "examples": [per output records]}``; ``overall`` is the macro mean over tasks. With
+        ``ifbench`` among the tasks, ``"ifbench": {condition: official rates}`` too
+        (:func:`pastalib.harness.ifbench.score_responses`; ``lenient``/``strict`` of the
+        task are its prompt-level loose/strict verdicts).
     """
     names = [condition.name for condition in conditions]
     if len(set(names)) != len(names):
@@ -288,6 +291,7 @@ def evaluate(
                         "task": task,
                         "kind": example.kind,
                         "uid": example.uid,
+                        **({"key": example.key} if hasattr(example, "key") else {}),
                         "condition": condition.name,
                         "output": output,
                         "strict": verdict.strict,
@@ -314,7 +318,11 @@ def evaluate(
         }
         for name in names
     }
+    extra: dict[str, Any] = {}
+    if "ifbench" in tasks:
+        extra["ifbench"] = _ifbench_section(records, names)
     return {
+        **extra,
         "settings": {
             "split": split,
             "limit": limit,
@@ -331,6 +339,20 @@ def evaluate(
         "overall": overall,
         "examples": records,
     }
+
+
+def _ifbench_section(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """IFBench's official prompt- and instruction-level strict/loose rates per condition."""
+    from pastalib.harness import ifbench
+
+    by_key = {prompt.key: prompt for prompt in ifbench.load_prompts()}
+    section = {}
+    for name in names:
+        rows = [r for r in records if r["task"] == "ifbench" and r["condition"] == name]
+        prompts = [by_key[r["key"]] for r in rows]
+        scores = ifbench.score_responses(prompts, {r["key"]: r["output"] for r in rows})
+        section[name] = {key: value for key, value in scores.items() if key != "per_prompt"}
+    return section
 
 
 def _condition_json(condition: Condition) -> dict[str, Any]:

@@ -56,8 +56,9 @@ INDEPENDENT_TASKS: tuple[str, ...] = (
 )
 """The independent families' task names."""
 
-ALL_TASKS: tuple[str, ...] = (*TASKS, *INDEPENDENT_TASKS)
-"""Every task name ``pasta eval`` / ``pasta select`` accept."""
+ALL_TASKS: tuple[str, ...] = (*TASKS, *INDEPENDENT_TASKS, "ifbench")
+"""Every task name ``pasta eval`` / ``pasta select`` accept (``ifbench``: test split only,
+the ``ifbench`` extra, see :mod:`pastalib.harness.ifbench`)."""
 
 POSITIONS: tuple[str, ...] = ("before", "middle", "after")
 """Where the emphasized sentence(s) go relative to the context."""
@@ -429,7 +430,11 @@ def generate_independent(task: str, split: str, n: int, seed: int = 0) -> list[I
 
 
 def generate_any(task: str, split: str, n: int, seed: int = 0) -> Sequence[TaskExample]:
-    """Examples of any task in :data:`ALL_TASKS` (built-in or independent)."""
+    """Examples of any task in :data:`ALL_TASKS` (built-in, independent or IFBench)."""
+    if task == "ifbench":
+        from pastalib.harness import ifbench
+
+        return ifbench.examples(split, n, seed)
     if task in _BUILDERS:
         return generate_independent(task, split, n, seed)
     return generate_builtin(task, split, n, seed)  # type: ignore[arg-type]
@@ -439,4 +444,8 @@ def score_any(example: TaskExample, output: str) -> metrics.Score:
     """Scores an output of any task's example."""
     if isinstance(example, IndependentExample):
         return score_independent(example, output)
+    if example.task == "ifbench":
+        from pastalib.harness import ifbench
+
+        return ifbench.score_example(example, output)  # type: ignore[arg-type]
     return metrics.score(example, output)
