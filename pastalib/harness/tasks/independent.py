@@ -244,15 +244,15 @@ _FORMAT_ASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "word_limit": (
         ("Keep the reply to at most {arg} words.",),
-        ("Stay under {arg} words, please.",),
+        ("Use {arg} words or fewer, please.",),
     ),
     "starts_with": (
-        ("Open your reply with the words {arg}.",),
-        ("The first words of your answer must be {arg}.",),
+        ('Open your reply with the words "{arg}".',),
+        ('The first words of your answer must be "{arg}".',),
     ),
     "ends_with": (
-        ("Finish the reply with the exact phrase {arg}",),
-        ("Close your answer with {arg}",),
+        ("Finish the reply with this exact phrase: {arg}",),
+        ("Close your answer with: {arg}",),
     ),
     "quoted": (
         ("Put the entire reply inside double quotes.",),
@@ -317,7 +317,7 @@ def _build_pronoun(rng: random.Random, split: str) -> _Parts:
     poss = "her" if pronoun == "she" else "his"
     cap = pronoun.capitalize()
     context = [
-        f"{name} has worked as a {job} for nine years.",
+        f"{name} has worked as {'an' if job[0] in 'aeiou' else 'a'} {job} for nine years.",
         f"{cap} keeps {poss} tools in a tin by the door.",
         f"Last winter {pronoun} trained two apprentices.",
         f"Friends say {pronoun} never misses a deadline.",
@@ -327,7 +327,7 @@ def _build_pronoun(rng: random.Random, split: str) -> _Parts:
     emphasized = [ask]
     if rng.random() < 0.4:
         closer = rng.choice(_half(_CLOSERS, split))
-        emphasized.append(f"End with the sentence {closer}")
+        emphasized.append(f"End with this exact sentence: {closer}")
         constraints.append(Constraint("ends_with", closer))
     return "", emphasized, constraints, context, str(pronoun)
 
@@ -378,7 +378,13 @@ def _build_conflict(rng: random.Random, split: str) -> _Parts:
         "Readers often ask about it.",
     ][: rng.randint(1, 3)]
     question = rng.choice((f"What is {about}?", f"Tell me {about}, in one line."))
-    return question, [fact], [Constraint("fact", f"{new}|{old}")], context, about
+    emphasized, constraints = [fact], [Constraint("fact", f"{new}|{old}")]
+    if rng.random() < 0.35:  # a format constraint on top of the fact
+        limit = rng.choice((5, 8))
+        ask = "Reply in at most {k} words." if split == "train" else "Use no more than {k} words."
+        emphasized.append(ask.format(k=limit))
+        constraints.append(Constraint("word_limit", limit))
+    return question, emphasized, constraints, context, about.removeprefix("the ").split(" of ")[0]
 
 
 _BUILDERS = {
