@@ -81,6 +81,8 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
 
 def _check_ifbench(split: str, limit: int) -> None:
     """IFBench runs on its test split, within its usable prompts, with its extra installed."""
+    require("ifbench.evaluation_lib", "ifbench")
+    require("nltk", "ifbench")
     from pastalib.harness import ifbench
 
     if split != "test":

@@ -204,6 +204,8 @@ def test_bad_arguments_fail_before_the_model_load(
         ("llguidance", ["eval", "--tasks", "json_format", "--grammar"], "grammar"),
         ("matplotlib", ["attention"], "plots"),
         ("matplotlib", ["profile"], "plots"),
+        ("ifbench", ["eval", "--tasks", "ifbench"], "ifbench"),
+        ("nltk", ["eval", "--tasks", "ifbench"], "ifbench"),
     ],
 )
 def test_missing_extra_fails_before_the_model_load(
