@@ -14,21 +14,28 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pastalib.errors import ParameterError, PastaError
-from pastalib.harness.selection import parse_candidate, recommended_settings
-from pastalib.harness.tasks import TASKS
+from pastalib.harness.selection import (
+    parse_candidate,
+    parse_mechanism_candidate,
+    recommended_settings,
+)
+from pastalib.harness.tasks import ALL_TASKS
 from pastalib.heads import load_head_config
 from pastalib.markup import parse_emphasis
 from pastalib.spans import Span
+from pastalib.steering import MECHANISMS, check_target
 
 __all__ = [
     "check_candidates",
     "check_choice",
     "check_emphasis",
     "check_head_config",
+    "check_mechanisms",
     "check_model",
     "check_non_negative",
     "check_output_file",
     "check_positive",
+    "check_target_share",
     "check_tasks",
 ]
 
@@ -57,11 +64,11 @@ def check_choice(value: str, choices: Sequence[str], name: str) -> str:
 def check_tasks(value: str, name: str = "--tasks") -> list[str]:
     """A comma-separated, non-empty list of registered task names."""
     names = [task.strip() for task in value.split(",") if task.strip()]
-    unknown = [task for task in names if task not in TASKS]
+    unknown = [task for task in names if task not in ALL_TASKS]
     if unknown or not names:
         raise ParameterError(
             f"{name}: unknown task(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
-            f"choose from {', '.join(TASKS)}."
+            f"choose from {', '.join(ALL_TASKS)}."
         )
     if len(set(names)) != len(names):
         raise ParameterError(f"{name}: each task must be given once, got {value!r}.")
@@ -138,9 +145,36 @@ def check_non_negative(value: float, name: str) -> float:
 
 
 def check_candidates(values: Sequence[str], name: str = "--candidate") -> list[str]:
-    """Distinct ``HEADS[@ALPHA]`` specs, each readable (see :func:`check_head_config`)."""
+    """Distinct ``[MECHANISM:]HEADS[@VALUE]`` or ``boost[@ALPHA]`` specs, each readable.
+
+    See :func:`pastalib.harness.selection.parse_mechanism_candidate`; the heads are checked
+    like :func:`check_head_config`.
+    """
     for value in values:
-        check_head_config(value, name)
+        try:
+            candidate = parse_mechanism_candidate(value)
+        except PastaError as error:
+            raise _named(name, error) from error
+        if candidate.heads is not None:
+            check_head_config(candidate.heads, name)
     if len(set(values)) != len(values):
         raise ParameterError(f"{name}: each candidate must be given once, got {list(values)}.")
     return list(values)
+
+
+def check_mechanisms(values: Sequence[str], name: str = "--mechanism") -> list[str]:
+    """Distinct mechanism names, each one of :data:`pastalib.steering.MECHANISMS`."""
+    for value in values:
+        check_choice(value, MECHANISMS, name)
+    if len(set(values)) != len(values):
+        raise ParameterError(f"{name}: each mechanism must be given once, got {list(values)}.")
+    return list(values)
+
+
+def check_target_share(value: float, name: str = "--target") -> float:
+    """Spotlight's target attention share: a number in the open interval (0, 1)."""
+    try:
+        check_target(value)
+    except PastaError as error:
+        raise _named(name, error) from error
+    return value

@@ -48,8 +48,27 @@ from pastalib.harness.cli_shared import (  # noqa: E402
     task_list,
 )
 from pastalib.heads import count_heads  # noqa: E402
+from pastalib.steering import boost_factor  # noqa: E402
 
 __all__ = ["evaluate_command", "profile", "select"]
+
+MechanismsOption = Annotated[
+    list[str],
+    typer.Option(
+        "--mechanism",
+        help="Steering mechanism, repeatable: 'pasta' (profiled heads, scale by alpha), "
+        "'boost' (every head, beta = 1/alpha on the emphasis) or 'spotlight' (raise the "
+        "emphasis's attention share to --target where it falls short).",
+        callback=checked(lambda values, name: checks.check_mechanisms(list(values), name)),
+    ),
+]
+TargetOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Spotlight's target attention share, in (0, 1) (default 0.3).",
+        callback=checked(checks.check_target_share),
+    ),
+]
 
 
 @contextmanager
@@ -58,6 +77,19 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     with Progress(console=console) as bar:
         job = bar.add_task(description, total=total)
         yield lambda done: bar.advance(job, done)
+
+
+def _check_ifbench(split: str, limit: int) -> None:
+    """IFBench runs on its test split, within its usable prompts, with its extra installed."""
+    require("ifbench.evaluation_lib", "ifbench")
+    require("nltk", "ifbench")
+    from pastalib.harness import ifbench
+
+    if split != "test":
+        raise ParameterError(f"--split: ifbench has only a test split, got {split!r}.")
+    usable = ifbench.summary()["prompts_usable"]  # imports the official code (the extra)
+    if limit > usable:
+        raise ParameterError(f"--limit: ifbench has {usable} usable prompts, got {limit}.")
 
 
 def profile(
@@ -200,10 +232,15 @@ def evaluate_command(
             "steered under grammar-constrained decoding.",
         ),
     ] = False,
+    mechanisms: MechanismsOption = ["pasta"],  # noqa: B006 (typer reads the default)
+    target: TargetOption = None,
     model: ModelOption = "default",
     threads: ThreadsOption = None,
 ) -> None:
-    """Runs the task suite unsteered, steered and with the prompt-only baseline."""
+    """Runs the task suite unsteered, steered and with the prompt-only baseline.
+
+    With several --mechanism, one steered column each (steered:pasta, steered:boost, ...).
+    """
     from pastalib.harness import evaluation, selection
     from pastalib.harness.tasks import OUTPUT_SCHEMAS
     from pastalib.pasta import PASTA
@@ -217,11 +254,22 @@ def evaluate_command(
                 f"({', '.join(OUTPUT_SCHEMAS)}), got {', '.join(names)}."
             )
         require("llguidance", "grammar")
+    if "ifbench" in names:
+        _check_ifbench(split, limit)
     heads, scale, steps = selection.resolve_settings(head_config, alpha, decode_steps)
+    if "boost" in mechanisms:
+        try:
+            boost_factor(scale, "exclude")
+        except ParameterError as error:
+            raise ParameterError(f"--mechanism boost at --alpha {scale:g}: {error}") from error
     set_threads(threads)
     loaded_model, tokenizer = load(model)
     pasta = PASTA(loaded_model, tokenizer, heads, alpha=scale)
-    conditions = evaluation.standard_conditions(decode_steps=steps)
+    conditions = evaluation.standard_conditions(
+        decode_steps=steps,
+        mechanisms=mechanisms,  # type: ignore[arg-type]
+        target=target,
+    )
     grammar_runs = evaluation.grammar_conditions(decode_steps=steps)
     total = len(names) * len(conditions) + len(grammar_tasks) * len(grammar_runs)
     settings: dict[str, Any] = {
@@ -239,6 +287,7 @@ def evaluate_command(
                 pasta, grammar_tasks, grammar_runs, progress=bar, **settings
             )
     results["settings"]["head_config"] = head_config
+    results["settings"]["mechanisms"] = list(mechanisms)
     for section in (results, results.get("grammar")):
         if section is not None:
             console.print(evaluation.results_table(section, "lenient_ok"))
@@ -254,8 +303,12 @@ def select(
         typer.Option(
             "--candidate",
             "-c",
-            help="HEADS[@ALPHA], repeatable: a shipped name, JSON file or 'layers:18-29', with "
-            "the alpha to steer at (default: the config's, else 0.01).",
+            help="Repeatable. HEADS[@ALPHA]: a shipped name, JSON file or 'layers:18-29', with "
+            "the alpha to steer at (default: the config's, else 0.01). Name a mechanism with a "
+            "prefix: 'pasta:HEADS[@ALPHA]', 'boost[@ALPHA]' (every head, beta = 1/ALPHA; "
+            "'boost:HEADS@ALPHA' takes only HEADS' recommended settings) or "
+            "'spotlight:HEADS[@TARGET]' (TARGET in (0, 1)). Unprefixed candidates run under "
+            "each --mechanism.",
             callback=candidates_callback(),
         ),
     ],
@@ -274,10 +327,16 @@ def select(
         Path | None,
         output_option("Write the chosen candidate as a head-config file (loads as is)."),
     ] = None,
+    mechanisms: MechanismsOption = ["pasta"],  # noqa: B006 (typer reads the default)
+    target: TargetOption = None,
     model: ModelOption = "default",
     threads: ThreadsOption = None,
 ) -> None:
-    """Chooses among candidate head configs by generating on a dev slice of train.
+    """Chooses among candidate mechanisms and head configs on a dev slice of train.
+
+    Example: `pasta select -c smollm2-135m-instruct -c boost@0.05
+    -c spotlight:layers:18-29@0.4`, or `-c layers:18-29 --mechanism pasta --mechanism
+    spotlight` to run one head set under two mechanisms.
 
     The best candidate is the one with the highest macro lenient_ok among those at least as
     good as unsteered on every task (the rule that chose the shipped default). Use it after
@@ -287,10 +346,15 @@ def select(
     from pastalib.pasta import PASTA
 
     names = task_list(tasks)
+    if "ifbench" in names:
+        raise ParameterError("--tasks: ifbench is a test set; never select on it.")
+    expanded = len(selection.expand_candidates(candidates, mechanisms))  # checks them all
+    specs = [selection.parse_mechanism_candidate(spec) for spec in candidates]
     set_threads(threads)
     loaded_model, tokenizer = load(model)
-    pasta = PASTA(loaded_model, tokenizer, selection.parse_candidate(candidates[0])[0])
-    with _progress("generating", len(names) * limit * (len(candidates) + 1)) as bar:
+    heads = next((spec.heads for spec in specs if spec.heads is not None), DEFAULT_HEADS)
+    pasta = PASTA(loaded_model, tokenizer, heads)
+    with _progress("generating", len(names) * limit * (expanded + 1)) as bar:
         results = selection.select(
             pasta,
             candidates,
@@ -300,6 +364,8 @@ def select(
             seed=seed,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+            mechanisms=mechanisms,
+            target=target,
             progress=bar,
         )
     ranking = results["ranking"]

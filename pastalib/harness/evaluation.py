@@ -3,7 +3,9 @@
 Every condition generates greedily from the chat-rendered prompt of each example:
 
 * ``unsteered``: the plain prompt;
-* ``steered``: the same prompt, PASTA emphasizing the example's emphasized text;
+* ``steered``: the same prompt, the example's emphasized text steered by a mechanism
+  (``Condition.mechanism``: ``pasta``, ``boost`` or ``spotlight``, see
+  :mod:`pastalib.steering.mechanisms`);
 * ``prompt_only``: no steering, the emphasized text restated after the prompt behind
   ``IMPORTANT:`` (:func:`pastalib.harness.tasks.prompt_only_baseline`).
 
@@ -29,13 +31,14 @@ from pastalib.grammar import json_schema_grammar
 from pastalib.harness.tasks import (
     OUTPUT_SCHEMAS,
     TaskExample,
-    generate,
+    generate_any,
     prompt_only_baseline,
-    score,
+    score_any,
 )
 from pastalib.heads import HeadConfigSpec
 from pastalib.pasta import PASTA
 from pastalib.spans import Span
+from pastalib.steering import Mechanism, check_mechanism, check_target
 
 __all__ = [
     "METRICS",
@@ -68,6 +71,12 @@ class Condition:
         decode_steps: Steer the prefill and this many decode steps (None: all).
         grammar: Constrain the output to the task's JSON schema
             (:data:`pastalib.harness.tasks.OUTPUT_SCHEMAS`); only for tasks that have one.
+        mechanism: How a steered condition steers: ``"pasta"``, ``"boost"`` or
+            ``"spotlight"``.
+        target: Spotlight's attention share in (0, 1) (None: the steerer's, else 0.3).
+
+    Raises:
+        ParameterError: An unknown mechanism or a target outside (0, 1).
     """
 
     name: str
@@ -77,21 +86,47 @@ class Condition:
     alpha: float | None = None
     decode_steps: int | None = None
     grammar: bool = False
+    mechanism: Mechanism = "pasta"
+    target: float | None = None
+
+    def __post_init__(self) -> None:
+        check_mechanism(self.mechanism)
+        if self.target is not None:
+            check_target(self.target)
 
 
 def standard_conditions(
     head_config: HeadConfigSpec | None = None,
     alpha: float | None = None,
     decode_steps: int | None = None,
+    mechanisms: Sequence[Mechanism] = ("pasta",),
+    target: float | None = None,
 ) -> list[Condition]:
-    """Unsteered, steered and prompt-only, in that order."""
-    return [
-        Condition("unsteered"),
+    """Unsteered, one steered condition per mechanism, and prompt-only, in that order.
+
+    With one mechanism the steered condition is named ``steered``; with several,
+    ``steered:MECHANISM`` each.
+
+    Raises:
+        ParameterError: No mechanism, a repeated or unknown one, or a bad ``target``.
+    """
+    if not mechanisms or len(set(mechanisms)) != len(mechanisms):
+        raise ParameterError(
+            f"mechanisms must name each mechanism once, at least one; got {list(mechanisms)}."
+        )
+    steered = [
         Condition(
-            "steered", steer=True, head_config=head_config, alpha=alpha, decode_steps=decode_steps
-        ),
-        Condition("prompt_only", prompt_only=True),
+            "steered" if len(mechanisms) == 1 else f"steered:{mechanism}",
+            steer=True,
+            head_config=head_config,
+            alpha=alpha,
+            decode_steps=decode_steps,
+            mechanism=mechanism,
+            target=target if mechanism == "spotlight" else None,
+        )
+        for mechanism in mechanisms
     ]
+    return [Condition("unsteered"), *steered, Condition("prompt_only", prompt_only=True)]
 
 
 def grammar_conditions(
@@ -162,6 +197,8 @@ def run_condition(
                 alpha=condition.alpha,
                 head_config=condition.head_config,
                 decode_steps=condition.decode_steps,
+                mechanism=condition.mechanism,
+                target=condition.target,
                 grammar=grammar,
                 allow_incomplete=True,  # a cut-off value is scored as a failure, not raised
             )
@@ -211,7 +248,7 @@ def evaluate(
 
     Args:
         pasta: The steerer (its head config and alpha are the defaults of steered conditions).
-        tasks: Task names.
+        tasks: Task names (any of :data:`pastalib.harness.tasks.ALL_TASKS`).
         conditions: How to prompt (see :func:`standard_conditions`).
         split: ``"test"`` for reporting, ``"train"`` for choosing settings.
         limit: Examples per task.
@@ -225,7 +262,10 @@ def evaluate(
 
     Returns:
         ``{"settings", "tasks": {task: {condition: rates}}, "overall": {condition: rates},
-        "examples": [per output records]}``; ``overall`` is the macro mean over tasks.
+        "examples": [per output records]}``; ``overall`` is the macro mean over tasks. With
+        ``ifbench`` among the tasks, ``"ifbench": {condition: official rates}`` too
+        (:func:`pastalib.harness.ifbench.score_responses`; ``lenient``/``strict`` of the
+        task are its prompt-level loose/strict verdicts).
     """
     names = [condition.name for condition in conditions]
     if len(set(names)) != len(names):
@@ -233,7 +273,7 @@ def evaluate(
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
     for task in tasks:
-        examples = generate(task, split, skip + limit, seed)[skip:]  # type: ignore[arg-type]
+        examples = generate_any(task, split, skip + limit, seed)[skip:]
         for condition in conditions:
             outputs = run_condition(
                 pasta,
@@ -245,12 +285,13 @@ def evaluate(
                 progress=progress,
             )
             for example, output in zip(examples, outputs, strict=True):
-                verdict = score(example, output)
+                verdict = score_any(example, output)
                 records.append(
                     {
                         "task": task,
                         "kind": example.kind,
                         "uid": example.uid,
+                        **({"key": example.key} if hasattr(example, "key") else {}),
                         "condition": condition.name,
                         "output": output,
                         "strict": verdict.strict,
@@ -277,7 +318,11 @@ def evaluate(
         }
         for name in names
     }
+    extra: dict[str, Any] = {}
+    if "ifbench" in tasks:
+        extra["ifbench"] = _ifbench_section(records, names)
     return {
+        **extra,
         "settings": {
             "split": split,
             "limit": limit,
@@ -294,6 +339,20 @@ def evaluate(
         "overall": overall,
         "examples": records,
     }
+
+
+def _ifbench_section(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """IFBench's official prompt- and instruction-level strict/loose rates per condition."""
+    from pastalib.harness import ifbench
+
+    by_key = {prompt.key: prompt for prompt in ifbench.load_prompts()}
+    section = {}
+    for name in names:
+        rows = [r for r in records if r["task"] == "ifbench" and r["condition"] == name]
+        prompts = [by_key[r["key"]] for r in rows]
+        scores = ifbench.score_responses(prompts, {r["key"]: r["output"] for r in rows})
+        section[name] = {key: value for key, value in scores.items() if key != "per_prompt"}
+    return section
 
 
 def _condition_json(condition: Condition) -> dict[str, Any]:

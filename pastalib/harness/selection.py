@@ -1,9 +1,19 @@
-"""Choosing a head config and alpha: candidates, recommended settings, ranking on dev data.
+"""Choosing a mechanism, head config and alpha: candidates, ranking on dev data.
 
 ``pasta profile`` scores heads with a cheap proxy; generation decides. :func:`select` runs
-each candidate (``HEADS[@ALPHA]``) on a dev slice of the train split next to the unsteered
-model, and :func:`rank_conditions` keeps those at least as good as unsteered on every task,
-best macro rate first: the rule that chose the shipped default config.
+each candidate on a dev slice of the train split next to the unsteered model, and
+:func:`rank_conditions` keeps those at least as good as unsteered on every task, best macro
+rate first: the rule that chose the shipped default config.
+
+A candidate names its mechanism with a prefix (:func:`parse_mechanism_candidate`):
+
+* ``HEADS[@ALPHA]`` or ``pasta:HEADS[@ALPHA]``: PASTA on the heads of HEADS;
+* ``boost[@ALPHA]``: InstABoost-style boost in every head (``beta = 1/ALPHA``);
+  ``boost:HEADS[@ALPHA]`` takes only the recommended alpha and decode_steps of HEADS;
+* ``spotlight:HEADS[@TARGET]``: SpotLight-style target share TARGET in (0, 1) on HEADS.
+
+``mechanisms=`` (``--mechanism``, repeatable) runs every unprefixed candidate under each
+mechanism listed, as ``MECHANISM:HEADS[@VALUE]``.
 """
 
 from __future__ import annotations
@@ -17,14 +27,18 @@ from pastalib.harness.evaluation import Condition, evaluate
 from pastalib.heads import HeadConfigSpec, split_alpha
 from pastalib.heads import recommended_settings as heads_recommended_settings
 from pastalib.pasta import PASTA
+from pastalib.steering import MECHANISMS, Mechanism, boost_factor, check_mechanism, check_target
 
 __all__ = [
     "DEFAULT_ALPHA",
+    "Candidate",
     "Recommended",
     "best_candidate",
     "candidate_conditions",
     "config_document",
+    "expand_candidates",
     "parse_candidate",
+    "parse_mechanism_candidate",
     "rank_conditions",
     "recommended_settings",
     "resolve_settings",
@@ -81,25 +95,145 @@ def parse_candidate(spec: str) -> tuple[str, float | None]:
     return split_alpha(spec)
 
 
-def candidate_conditions(pasta: PASTA, candidates: Sequence[str]) -> list[Condition]:
-    """``unsteered`` and one steered condition per ``HEADS[@ALPHA]`` candidate.
+@dataclass(frozen=True)
+class Candidate:
+    """A parsed candidate: its mechanism, heads and the value after ``@``.
 
-    Each candidate steers at its own alpha, else its config's recommended one, else
-    :data:`DEFAULT_ALPHA`, and at its config's recommended ``decode_steps``.
+    Attributes:
+        name: The candidate as written (the condition's name).
+        mechanism: ``"pasta"``, ``"boost"`` or ``"spotlight"``.
+        heads: The head-config spec (None: ``boost`` without heads).
+        value: The number after ``@``: alpha for pasta and boost, target for spotlight.
+    """
+
+    name: str
+    mechanism: Mechanism
+    heads: str | None
+    value: float | None
+
+
+def parse_mechanism_candidate(spec: str) -> Candidate:
+    """Parses ``[MECHANISM:]HEADS[@VALUE]`` or ``boost[@ALPHA]`` (see the module docstring).
+
+    Only a prefix that is a mechanism's name counts (``layers:18-29`` is heads).
 
     Raises:
-        ParameterError: A candidate is repeated or malformed.
+        ParameterError: Empty heads, a spotlight target outside (0, 1), or a boost alpha
+            that does not give ``beta > 1``.
+        HeadConfigError: The value after ``@`` is not a finite number > 0.
+    """
+    prefix, colon, rest = spec.partition(":")
+    mechanism: str = "pasta"
+    if prefix in MECHANISMS and colon:
+        mechanism, spec_heads = prefix, rest
+    elif _has_prefix(spec):
+        mechanism, spec_heads = "boost", spec[len("boost") :]
+    else:
+        spec_heads = spec
+    if mechanism == "boost" and (not spec_heads or spec_heads.startswith("@")):
+        heads: str | None = None
+        value = parse_candidate("boost" + spec_heads)[1]
+    else:
+        heads, value = parse_candidate(spec_heads) if spec_heads else ("", None)
+        if not heads:
+            raise ParameterError(f"{spec!r}: the head config after {mechanism + ':'!r} is empty.")
+    if mechanism == "spotlight" and value is not None:
+        check_target(value)
+    if mechanism == "boost" and value is not None:
+        boost_factor(value, "exclude")
+    return Candidate(spec, mechanism, heads, value)  # type: ignore[arg-type]
+
+
+def expand_candidates(candidates: Sequence[str], mechanisms: Sequence[str]) -> list[str]:
+    """Every candidate, an unprefixed one once per mechanism in ``mechanisms``.
+
+    Raises:
+        ParameterError: An expanded candidate is malformed (e.g. ``spotlight:HEADS@2``).
+    """
+    expanded: list[str] = []
+    for spec in candidates:
+        if _has_prefix(spec):
+            expanded.append(spec)
+            continue
+        for mechanism in mechanisms:
+            expanded.append(spec if mechanism == "pasta" else f"{mechanism}:{spec}")
+    for spec in expanded:
+        parse_mechanism_candidate(spec)
+    return expanded
+
+
+def _has_prefix(spec: str) -> bool:
+    prefix, colon, _ = spec.partition(":")
+    return bool(colon and prefix in MECHANISMS) or spec == "boost" or spec.startswith("boost@")
+
+
+def candidate_conditions(
+    pasta: PASTA,
+    candidates: Sequence[str],
+    mechanisms: Sequence[str] = ("pasta",),
+    target: float | None = None,
+) -> list[Condition]:
+    """``unsteered`` and one steered condition per candidate (and mechanism).
+
+    A pasta or boost candidate steers at its own alpha, else its config's recommended one,
+    else :data:`DEFAULT_ALPHA`; a spotlight one at its own target, else ``target``, else
+    the steerer's. Each runs at its config's recommended ``decode_steps``.
+
+    Args:
+        pasta: The steerer (for the model's dimensions).
+        candidates: Specs (see :func:`parse_mechanism_candidate`).
+        mechanisms: Mechanisms to run each unprefixed candidate under.
+        target: Spotlight's target where a candidate names none.
+
+    Raises:
+        ParameterError: A candidate is repeated or malformed, or a mechanism is unknown.
         HeadConfigError: A candidate's heads do not fit the model (checked before any
             generation).
     """
-    if len(set(candidates)) != len(candidates):
-        raise ParameterError("Each candidate must be given once.")
+    for mechanism in mechanisms:
+        check_mechanism(mechanism)
+    if not mechanisms or len(set(mechanisms)) != len(mechanisms):
+        raise ParameterError(f"Name each mechanism once, at least one; got {list(mechanisms)}.")
+    if target is not None:
+        check_target(target)
+    specs = expand_candidates(candidates, mechanisms)
+    if len(set(specs)) != len(specs) or len(set(candidates)) != len(candidates):
+        raise ParameterError(f"Each candidate must be given once, got {specs}.")
     conditions = [Condition("unsteered")]
-    for spec in candidates:
-        heads, alpha, decode_steps = resolve_settings(spec, None)
-        pasta.resolve_heads(heads)
+    for spec in specs:
+        candidate = parse_mechanism_candidate(spec)
+        heads: str | None = candidate.heads
+        decode_steps: int | None = None
+        alpha: float | None = None
+        if heads is not None:
+            pasta.resolve_heads(heads)
+            recommended = recommended_settings(heads)
+            decode_steps, alpha = recommended.decode_steps, recommended.alpha
+        if candidate.mechanism == "spotlight":
+            conditions.append(
+                Condition(
+                    spec,
+                    steer=True,
+                    head_config=heads,
+                    decode_steps=decode_steps,
+                    mechanism="spotlight",
+                    target=candidate.value if candidate.value is not None else target,
+                )
+            )
+            continue
+        scale = next(a for a in (candidate.value, alpha, DEFAULT_ALPHA) if a is not None)
+        if candidate.mechanism == "boost":
+            boost_factor(scale, "exclude")
+            heads = None  # boost steers every head
         conditions.append(
-            Condition(spec, steer=True, head_config=heads, alpha=alpha, decode_steps=decode_steps)
+            Condition(
+                spec,
+                steer=True,
+                head_config=heads,
+                alpha=scale,
+                decode_steps=decode_steps,
+                mechanism=candidate.mechanism,
+            )
         )
     return conditions
 
@@ -170,12 +304,15 @@ def config_document(
 
     settings = results["settings"]
     condition = next(c for c in settings["conditions"] if c["name"] == row["name"])
-    heads = pasta.resolve_heads(condition["head_config"])
+    spec = condition["head_config"]
+    heads = pasta.head_config if spec is None else pasta.resolve_heads(spec)
     return {
         "model": str(getattr(pasta.model.config, "_name_or_path", "")),
         "tasks": list(settings["tasks"]),
         "alpha": condition["alpha"],
         "decode_steps": condition["decode_steps"],
+        "mechanism": condition.get("mechanism", "pasta"),
+        "target": condition.get("target"),
         "selection": "pasta select",
         "candidate": row["name"],
         "chosen_on": {
@@ -204,26 +341,31 @@ def select(
     seed: int = 0,
     max_new_tokens: int = 40,
     batch_size: int = 8,
+    mechanisms: Sequence[str] = ("pasta",),
+    target: float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Generates with every candidate on a dev slice of train and ranks them.
 
     Args:
         pasta: The steerer wrapping the model.
-        candidates: ``HEADS[@ALPHA]`` specs (see :func:`candidate_conditions`).
+        candidates: ``[MECHANISM:]HEADS[@VALUE]`` or ``boost[@ALPHA]`` specs (see
+            :func:`candidate_conditions`).
         tasks: Task names.
         skip: Train examples to skip per task (those used for profiling).
         limit: Dev examples per task.
         seed: Data seed.
         max_new_tokens: Generation length.
         batch_size: Prompts per generate call.
+        mechanisms: Mechanisms to run each unprefixed candidate under.
+        target: Spotlight's target where a candidate names none.
         progress: Called with the number of outputs just generated.
 
     Returns:
         What :func:`~pastalib.harness.evaluation.evaluate` returns, plus ``"ranking"``
         (:func:`rank_conditions`).
     """
-    conditions = candidate_conditions(pasta, candidates)
+    conditions = candidate_conditions(pasta, candidates, mechanisms, target)
     results = evaluate(
         pasta,
         tasks,

@@ -171,6 +171,18 @@ BAD_ARGUMENTS: list[tuple[list[str], list[str]]] = [
     (["select", "-c", "layers:1-2", "-c", "layers:1-2"], ["--candidate", "once"]),
     (["select", "-c", "layers:1-2@-1"], ["--candidate", "alpha must be > 0"]),
     (["select", "-c", "nope.json"], ["--candidate", "nope.json"]),
+    (["eval", "--mechanism", "instaboost"], ["--mechanism", "'pasta', 'boost', 'spotlight'"]),
+    (["eval", "--mechanism", "boost", "--mechanism", "boost"], ["--mechanism", "once"]),
+    (["eval", "--target", "1.5"], ["--target", "(0, 1)"]),
+    (["eval", "--target", "0"], ["--target", "(0, 1)"]),
+    (["eval", "--mechanism", "boost", "--alpha", "2"], ["--mechanism boost", "alpha"]),
+    (["select", "-c", "spotlight:layers:1-2@1.5"], ["--candidate", "(0, 1)"]),
+    (["select", "-c", "spotlight:"], ["--candidate", "empty"]),
+    (["select", "-c", "boost@3"], ["--candidate", "beta"]),
+    (["select", "-c", "boost:nope.json"], ["--candidate", "nope.json"]),
+    (["select", "-c", "layers:1-2@2", "--mechanism", "spotlight"], ["(0, 1)"]),
+    (["select", "-c", "boost", "--mechanism", "warp"], ["--mechanism", "'warp'"]),
+    (["select", "-c", "boost", "--target", "-0.1"], ["--target", "(0, 1)"]),
 ]
 
 
@@ -192,6 +204,8 @@ def test_bad_arguments_fail_before_the_model_load(
         ("llguidance", ["eval", "--tasks", "json_format", "--grammar"], "grammar"),
         ("matplotlib", ["attention"], "plots"),
         ("matplotlib", ["profile"], "plots"),
+        ("ifbench", ["eval", "--tasks", "ifbench"], "ifbench"),
+        ("nltk", ["eval", "--tasks", "ifbench"], "ifbench"),
     ],
 )
 def test_missing_extra_fails_before_the_model_load(

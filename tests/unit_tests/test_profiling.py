@@ -518,3 +518,161 @@ def test_cli_profile_and_eval(tmp_path: Path, tiny_dir: Path) -> None:
         app, ["eval", "--model", str(tiny_dir), "--tasks", "knowledge_conflict", "--grammar"]
     )
     assert no_schema.exit_code != 0 and "output schema" in no_schema.output
+
+
+# --- mechanisms in the harness ---------------------------------------------------------------
+
+
+def test_conditions_carry_their_mechanism_to_generate(
+    pasta: PASTA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conditions = evaluation.standard_conditions(
+        alpha=0.1, mechanisms=("pasta", "boost", "spotlight"), target=0.4
+    )
+    assert [(c.name, c.mechanism, c.target) for c in conditions] == [
+        ("unsteered", "pasta", None),
+        ("steered:pasta", "pasta", None),
+        ("steered:boost", "boost", None),
+        ("steered:spotlight", "spotlight", 0.4),
+        ("prompt_only", "pasta", None),
+    ]
+    assert [c.name for c in evaluation.standard_conditions(mechanisms=("boost",))][1] == "steered"
+    examples = generate("knowledge_conflict", "test", 2)
+    direct = pasta.generate(
+        [evaluation.render_prompt(pasta.tokenizer, e.prompt, e.spans)[0] for e in examples],
+        [list(e.spans) for e in examples],
+        max_new_tokens=4,
+        mechanism="spotlight",
+        target=0.4,
+    )
+    assert evaluation.run_condition(pasta, examples, conditions[3], max_new_tokens=4) == direct
+    seen: list[tuple[Any, Any]] = []
+
+    def record(*args: Any, **kwargs: Any) -> list[str]:
+        seen.append((kwargs["mechanism"], kwargs["target"]))
+        return ["x"] * len(args[0])
+
+    monkeypatch.setattr(pasta, "generate", record)
+    results = evaluation.evaluate(pasta, ["knowledge_conflict"], conditions, limit=1)
+    assert seen == [
+        ("pasta", None),
+        ("pasta", None),
+        ("boost", None),
+        ("spotlight", 0.4),
+        ("pasta", None),
+    ]
+    recorded = {c["name"]: c["mechanism"] for c in results["settings"]["conditions"]}
+    assert recorded["steered:boost"] == "boost" and recorded["unsteered"] == "pasta"
+    with pytest.raises(ValueError, match="Unknown mechanism"):
+        evaluation.Condition("x", steer=True, mechanism="warp")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        evaluation.Condition("x", steer=True, mechanism="spotlight", target=1.0)
+    with pytest.raises(ValueError, match="once"):
+        evaluation.standard_conditions(mechanisms=("boost", "boost"))
+
+
+def test_candidates_name_their_mechanism(pasta: PASTA) -> None:
+    from pastalib.harness import selection
+
+    conditions = selection.candidate_conditions(
+        pasta,
+        ["layers:1-2@0.5", "boost@0.05", "spotlight:layers:2-2@0.4", "layers:2-2"],
+        mechanisms=("pasta", "spotlight"),
+        target=0.2,
+    )
+    got = [(c.name, c.mechanism, c.head_config, c.alpha, c.target) for c in conditions[1:]]
+    assert got == [
+        ("layers:1-2@0.5", "pasta", "layers:1-2", 0.5, None),
+        # unprefixed: run under every --mechanism; @0.5 is the target for spotlight
+        ("spotlight:layers:1-2@0.5", "spotlight", "layers:1-2", None, 0.5),
+        ("boost@0.05", "boost", None, 0.05, None),  # prefixed: once, every head
+        ("spotlight:layers:2-2@0.4", "spotlight", "layers:2-2", None, 0.4),
+        ("layers:2-2", "pasta", "layers:2-2", selection.DEFAULT_ALPHA, None),
+        ("spotlight:layers:2-2", "spotlight", "layers:2-2", None, 0.2),  # the default target
+    ]
+    assert selection.candidate_conditions(pasta, ["boost"])[1].alpha == selection.DEFAULT_ALPHA
+    with pytest.raises(ValueError, match="once"):
+        selection.candidate_conditions(pasta, ["spotlight:layers:2-2", "layers:2-2"], ["spotlight"])
+    with pytest.raises(ValueError, match="out of range"):
+        selection.candidate_conditions(pasta, ["spotlight:layers:1-9"])
+    with pytest.raises(ValueError, match="beta"):
+        selection.candidate_conditions(pasta, ["boost@1.5"])
+    results = {
+        "settings": {
+            "conditions": [dataclasses.asdict(c) for c in conditions],
+            "tasks": ["knowledge_conflict"],
+            "split": "train",
+            "skip": 8,
+            "limit": 24,
+            "seed": 0,
+        }
+    }
+    row = {"name": "spotlight:layers:2-2@0.4", "rate": 0.5, "eligible": True, "worse_on": []}
+    document = selection.config_document(pasta, results, row)
+    assert (document["mechanism"], document["target"]) == ("spotlight", 0.4)
+    assert document["head_config"] == {"2": [0, 1, 2, 3]}
+    boost_row = {**row, "name": "boost@0.05"}
+    boost_document = selection.config_document(pasta, results, boost_row)
+    assert (boost_document["mechanism"], boost_document["alpha"]) == ("boost", 0.05)
+
+
+def test_cli_eval_and_select_with_mechanisms(tmp_path: Path, tiny_dir: Path) -> None:
+    from pastalib.cli import app
+
+    runner = CliRunner()
+    path = tmp_path / "eval.json"
+    common = ["--model", str(tiny_dir), "--tasks", "knowledge_conflict", "--max-new-tokens", "2"]
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            *common,
+            "--head-config",
+            "layers:2-2@0.2",
+            "--limit",
+            "1",
+            "--out",
+            str(path),
+            "--mechanism",
+            "boost",
+            "--mechanism",
+            "spotlight",
+            "--target",
+            "0.6",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads(path.read_text())
+    assert [
+        (c["name"], c["mechanism"], c["target"]) for c in results["settings"]["conditions"]
+    ] == [
+        ("unsteered", "pasta", None),
+        ("steered:boost", "boost", None),
+        ("steered:spotlight", "spotlight", 0.6),
+        ("prompt_only", "pasta", None),
+    ]
+    assert results["settings"]["mechanisms"] == ["boost", "spotlight"]
+    path = tmp_path / "select.json"
+    result = runner.invoke(
+        app,
+        [
+            "select",
+            *common,
+            "-c",
+            "boost@0.1",
+            "-c",
+            "spotlight:layers:1-2@0.5",
+            "--limit",
+            "1",
+            "--out",
+            str(path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    chosen = json.loads(path.read_text())
+    assert [(c["name"], c["mechanism"]) for c in chosen["settings"]["conditions"]] == [
+        ("unsteered", "pasta"),
+        ("boost@0.1", "boost"),
+        ("spotlight:layers:1-2@0.5", "spotlight"),
+    ]
+    assert {row["name"] for row in chosen["ranking"]} == {"boost@0.1", "spotlight:layers:1-2@0.5"}

@@ -3,6 +3,11 @@
 Four seeded, template-generated task families (``json_format``, ``pronoun_change``,
 ``knowledge_conflict``, ``format_constraints``) with disjoint train/test splits, and their
 metrics. See :mod:`pastalib.harness.tasks.data` and :mod:`pastalib.harness.tasks.metrics`.
+
+Four independent families written apart from those (``indep_json``, ``indep_pronoun``,
+``indep_format``, ``indep_conflict``, see :mod:`pastalib.harness.tasks.independent`) serve
+as dev data that the built-in generator's layout cannot fit; :data:`ALL_TASKS` names every
+task, and :func:`generate_any` / :func:`score_any` take any of them.
 """
 
 from pastalib.harness.tasks.data import (
@@ -18,10 +23,18 @@ from pastalib.harness.tasks.data import (
     pool_size,
     prompt_only_baseline,
 )
+from pastalib.harness.tasks.independent import (
+    ALL_TASKS,
+    INDEPENDENT_TASKS,
+    generate_any,
+    score_any,
+)
 from pastalib.harness.tasks.metrics import Score, is_degenerate, score
 
 __all__ = [
+    "ALL_TASKS",
     "FORMAT_KINDS",
+    "INDEPENDENT_TASKS",
     "KC_RELATIONS",
     "OUTPUT_SCHEMAS",
     "SPLITS",
@@ -30,9 +43,11 @@ __all__ = [
     "Split",
     "TaskExample",
     "generate",
+    "generate_any",
     "is_degenerate",
     "load_suite",
     "pool_size",
     "prompt_only_baseline",
     "score",
+    "score_any",
 ]
