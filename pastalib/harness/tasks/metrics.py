@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pastalib.errors import ParameterError
 from pastalib.harness.tasks.data import TaskExample
 
 __all__ = [
@@ -413,7 +414,7 @@ def format_strict(output: str, kind: str, constraint: str | int | None) -> bool:
         return _quoted(text, '"', '"')
     if kind == "no_commas":
         return bool(_words(text)) and "," not in text and "，" not in text
-    raise ValueError(f"Unknown format constraint kind {kind!r}.")
+    raise ParameterError(f"Unknown format constraint kind {kind!r}.")
 
 
 def format_lenient(output: str, kind: str, constraint: str | int | None) -> bool:
@@ -447,7 +448,7 @@ def format_lenient(output: str, kind: str, constraint: str | int | None) -> bool
         return _ends(_loose(output), _loose(str(constraint)))
     if kind == "quoted":
         return _quoted(output.strip().rstrip(".!?").rstrip(), '"“', '"”')
-    raise ValueError(f"Unknown format constraint kind {kind!r}.")
+    raise ParameterError(f"Unknown format constraint kind {kind!r}.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,5 +486,5 @@ def score(example: TaskExample, output: str) -> Score:
         strict = format_strict(output, example.kind, example.constraint)
         lenient = format_lenient(output, example.kind, example.constraint)
     else:
-        raise ValueError(f"Unknown task {task!r}.")
+        raise ParameterError(f"Unknown task {task!r}.")
     return Score(strict=strict, lenient=lenient, degenerate=is_degenerate(output))
