@@ -191,7 +191,9 @@ def answer_grammar() -> str | None:
         import llguidance
     except ImportError:
         return None
-    return llguidance.LLMatcher.grammar_from_lark(f"start: TEXT\nTEXT: ~/{_MARKUP_REGEX}/\n")
+    # The intersection matters: llguidance masks tokens precisely only for ``any & ~bad``.
+    lark = f"start: TEXT\nTEXT: /(?s:.*)/ & ~/{_MARKUP_REGEX}/\n"
+    return llguidance.LLMatcher.grammar_from_lark(lark)
 
 
 class LikelihoodToolScorer:

@@ -257,15 +257,23 @@ def test_scorer_emphasizes_each_description(pasta: PASTA, steer_spy: SteerSpy) -
 # --------------------------------------------------------------------------------------------
 
 
-def grammar_accepts(tokenizer: PreTrainedTokenizerFast, grammar: str, text: str) -> bool:
+def grammar_allows(tokenizer: PreTrainedTokenizerFast, grammar: str, text: str) -> bool:
+    """Whether decoding could write ``text``: every token passes the mask generation uses."""
     import llguidance
     import llguidance.hf
+    import llguidance.torch
 
+    vocab = len(tokenizer)
     matcher = llguidance.LLMatcher(
-        llguidance.hf.from_tokenizer(tokenizer, n_vocab=len(tokenizer)), grammar, log_level=0
+        llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab), grammar, log_level=0
     )
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return all(matcher.consume_token(i) for i in ids) and matcher.is_accepting()
+    bitmask = llguidance.torch.allocate_token_bitmask(1, vocab)
+    for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
+        llguidance.torch.fill_next_token_bitmask(matcher, bitmask, 0)
+        if not (int(bitmask[0, token // 32]) >> (token % 32)) & 1:
+            return False
+        assert matcher.consume_token(token)  # the mask never lets a rejected token through
+    return bool(matcher.is_accepting())
 
 
 @pytest.mark.parametrize(
@@ -277,6 +285,7 @@ def grammar_accepts(tokenizer: PreTrainedTokenizerFast, grammar: str, text: str)
         ("Sure: <tool_call>{}", False),
         ("done </tool_call>", False),
         ("x <tools> y", False),
+        ("Sunny.\n\n</tool_response>", False),
     ],
 )
 def test_answer_grammar_forbids_tool_markup(
@@ -284,7 +293,7 @@ def test_answer_grammar_forbids_tool_markup(
 ) -> None:
     grammar = answer_grammar()
     assert grammar is not None
-    assert grammar_accepts(tokenizer, grammar, text) is ok
+    assert grammar_allows(tokenizer, grammar, text) is ok
 
 
 # --------------------------------------------------------------------------------------------
