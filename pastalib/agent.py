@@ -71,7 +71,7 @@ TOOL_CONTEXT = "You are an assistant with one tool: {name}: {description}"
 MARKUP_STOPS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<tools>")
 """Tool markup that must never appear in an answer (stop strings when no grammar is used)."""
 
-_MARKUP_REGEX = r"(?s:.*<\/?tool(_|s>).*)"
+_MARKUP_REGEX = r"(?s:.*<\/?tool.*)"
 
 
 @dataclass(frozen=True)
