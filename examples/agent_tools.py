@@ -12,10 +12,8 @@ tools hidden and no tool markup. After the tool has replied, the model answers. 
 
 from __future__ import annotations
 
-from typing import Any
-
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolCall
 from langchain_core.tools import tool
 
 from langchain_pasta import ChatPasta, emphasized_message
@@ -41,8 +39,9 @@ TOOL_QUESTION = "What's the weather like in Paris today?"
 DIRECT_QUESTION = "Who wrote Romeo and Juliet?"
 
 
-def ask(chat: ChatPasta, question: str) -> tuple[list[dict[str, Any]], str]:
+def ask(chat: ChatPasta, question: str) -> tuple[list[ToolCall], str]:
     """The agent's tool calls and its final answer (one line)."""
+    assert isinstance(SYSTEM, SystemMessage)
     agent = create_agent(chat, [get_weather, get_stock_price], system_prompt=SYSTEM)
     state = agent.invoke({"messages": [HumanMessage(question)]})
     calls = [c for m in state["messages"] if isinstance(m, AIMessage) for c in m.tool_calls]

@@ -323,7 +323,7 @@ def chat_with_scores(
 ) -> tuple[ChatPasta, FakeScorer, RequestSpy]:
     fake = FakeScorer(scores)
     monkeypatch.setattr(chat_models, "LikelihoodToolScorer", lambda pasta: fake)
-    chat = ChatPasta(model=model, tokenizer=tokenizer, head_config=[0, 1, 2], max_new_tokens=128)
+    chat = ChatPasta(model=model, tokenizer=tokenizer, head_config=[0, 1, 2], max_tokens=128)
     return chat, fake, RequestSpy(monkeypatch)
 
 
