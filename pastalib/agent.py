@@ -184,15 +184,17 @@ def decide_tool_use(
 def answer_grammar() -> str | None:
     """An llguidance grammar for free text without tool markup (None: llguidance missing).
 
-    Any text is allowed except one containing ``<tool_``, ``</tool_``, ``<tools>`` or
-    ``</tools>``; the model may stop wherever it likes.
+    Any text is allowed except one that starts with ``<`` or contains ``<tool`` or ``</tool``
+    (``<tool_call>``, ``<tool_response>``, ``<tools>``...); the model may stop anywhere.
     """
     try:
         import llguidance
     except ImportError:
         return None
     # The intersection matters: llguidance masks tokens precisely only for ``any & ~bad``.
-    lark = f"start: TEXT\nTEXT: /(?s:.*)/ & ~/{_MARKUP_REGEX}/\n"
+    # No leading "<" either: after a tool result small models open with a made-up tag
+    # (``<tool-response>``, ``<user_response>``) copied from the rendered history.
+    lark = f"start: TEXT\nTEXT: /(?s:([^<].*)?)/ & ~/{_MARKUP_REGEX}/\n"
     return llguidance.LLMatcher.grammar_from_lark(lark)
 
 

@@ -282,6 +282,8 @@ def grammar_allows(tokenizer: PreTrainedTokenizerFast, grammar: str, text: str) 
         ("The answer is 42 <b>.", True),
         ("a < b and tools are fun", True),
         ("<tool_response>\nsunny", False),
+        ("<user_response>\nsunny", False),
+        ("", True),
         ("Sure: <tool_call>{}", False),
         ("done </tool_call>", False),
         ("x <tools> y", False),
