@@ -7,7 +7,10 @@ is the right tool for at least 8 of 10 tool requests and a direct answer for at 
 others, with no tool markup in any answer.
 
 ``DEV_*`` is the development set the decision threshold was calibrated on (never asserted
-here); ``TEST_*`` was written afterwards and is only measured.
+here); ``TEST_*`` was written afterwards and is only measured. Measured with greedy decoding
+on CPU: test 8/10 right tool (misses: "812 divided by 4" gets a calculator call whose
+argument string runs past the budget, "19 squared" picks convert_units) and 10/10 direct
+answers; dev 17/20 and 20/20.
 """
 
 from __future__ import annotations
