@@ -8,9 +8,9 @@ others, with no tool markup in any answer.
 
 ``DEV_*`` is the development set the decision threshold was calibrated on (never asserted
 here); ``TEST_*`` was written afterwards and is only measured. Measured with greedy decoding
-on CPU: test 8/10 right tool (misses: "812 divided by 4" gets a calculator call whose
-argument string runs past the budget, "19 squared" picks convert_units) and 10/10 direct
-answers; dev 17/20 and 20/20.
+on CPU: test 9/10 right tool (miss: "19 squared" picks convert_units) and 10/10 direct
+answers. Before the budget-aware tool-call grammar, "812 divided by 4" also failed (the
+calculator's argument string ran past the token budget): 8/10; dev was then 17/20 and 20/20.
 """
 
 from __future__ import annotations
