@@ -38,6 +38,7 @@ from typing_extensions import override
 
 from langchain_pasta._base import MODEL_CONFIG, PastaParams
 from langchain_pasta._messages import convert_message
+from pastalib.agent import MARKUP_STOPS, LikelihoodToolScorer, answer_grammar, decide_tool_use
 from pastalib.chat import render_conversation
 from pastalib.errors import ChatTemplateError, ParameterError
 from pastalib.generation import GenerationOutput, GenerationRequest, StopBuffer
@@ -500,18 +501,32 @@ class ChatPasta(PastaParams, BaseChatModel):
     ) -> _Call:
         tool_choice = kwargs.get("tool_choice")
         tools: list[dict[str, Any]] = list(kwargs.get("tools") or [])
-        if tool_choice == "none":
-            tools = []
-        emphasize = kwargs.get("emphasize_tools", self.emphasize_tools)
-        text, spans = self.render(messages, tools=tools, emphasize_tools=emphasize)
-        grammar = None
         response_format = kwargs.get("response_format")
+        decision = None
+        if tools and response_format is None:
+            # tool_choice applied exactly; "auto" is decided by the model's own likelihoods
+            # (pastalib.agent), then a call is grammar-forced or an answer is markup-free.
+            turns = [convert_message(m, i, self.parse_markup) for i, m in enumerate(messages)]
+            decision = decide_tool_use(
+                turns,
+                tools,
+                tool_choice=tool_choice,
+                scorer=LikelihoodToolScorer(self.engine.pasta),
+            )
+        answering = tool_choice == "none" or (decision is not None and decision.action == "answer")
+        shown = [] if answering else tools
+        emphasize = kwargs.get("emphasize_tools", self.emphasize_tools)
+        text, spans = self.render(messages, tools=shown, emphasize_tools=emphasize)
+        grammar = None
         if response_format is not None:
             grammar = json_schema_grammar(_response_schema(response_format))
-        elif tools:
-            forced = _forced_specs(tools, tool_choice)
-            if forced:
-                grammar = tool_call_grammar([tool_description_spans(s, False)[0] for s in forced])
+        elif decision is not None and decision.action == "call":
+            plain = [tool_description_spans(s, False)[0] for s in decision.specs]
+            grammar = tool_call_grammar(plain)
+        elif decision is not None:
+            grammar = answer_grammar()
+            if grammar is None:  # no llguidance: cut the answer before any tool markup
+                stop = [*(stop if stop is not None else self.stop or []), *MARKUP_STOPS]
         request = self._build_request(
             [text], [spans], stop, kwargs, grammar=grammar, add_special_tokens=False
         )

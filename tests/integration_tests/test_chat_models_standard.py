@@ -26,10 +26,6 @@ JOKE_LOOP = (
     "string until max_new_tokens runs out; the grammar guarantees a valid JSON prefix, but the "
     "required 'punchline' is never reached, so the Joke model does not validate"
 )
-NO_SPONTANEOUS_TOOL_CALL = (
-    "SmolLM2-135M does not write a <tool_call> block unless tool_choice forces one (then "
-    "grammar-constrained decoding makes the call); this test binds tools without tool_choice"
-)
 
 
 class TestChatPastaIntegration(ChatModelIntegrationTests):
@@ -85,8 +81,3 @@ class TestChatPastaIntegration(ChatModelIntegrationTests):
     @pytest.mark.xfail(reason=JOKE_LOOP)
     def test_structured_output_pydantic_2_v1(self, model: BaseChatModel) -> None:
         super().test_structured_output_pydantic_2_v1(model)
-
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    @pytest.mark.xfail(reason=NO_SPONTANEOUS_TOOL_CALL)
-    def test_agent_loop(self, model: BaseChatModel) -> None:
-        super().test_agent_loop(model)

@@ -530,10 +530,12 @@ def test_create_agent_applies_the_system_emphasis(
     assert kinds == ["HumanMessage", "AIMessage", "ToolMessage", "AIMessage"]
     assert state["messages"][2].content.endswith(": sunny")
     assert len(steer_spy.plans) == 2 == len(inputs.inputs)
-    for plan, ids in zip(steer_spy.plans, inputs.inputs, strict=True):
+    # The call sees the system emphasis and the <em> part of the tool description, nothing
+    # else; the answer after the tool result is written with the tools hidden.
+    expected = ["Always call the tool.Only for Europe.", "Always call the tool."]
+    for plan, ids, want in zip(steer_spy.plans, inputs.inputs, expected, strict=True):
         emphasized = unscaled_text(plan.prompt_bias[0], ids[0], tokenizer)
-        # The system emphasis and the <em> part of the tool description, nothing else.
-        assert emphasized.strip() == "Always call the tool.Only for Europe."
+        assert emphasized.strip() == want
 
 
 def test_langgraph_tool_loop_with_an_emphasized_chat_prompt(
@@ -578,9 +580,10 @@ def test_langgraph_tool_loop_with_an_emphasized_chat_prompt(
         "ToolMessage",
     ]
     assert len(steer_spy.plans) == 2
-    for plan, ids in zip(steer_spy.plans, inputs.inputs, strict=True):
+    expected = ["Always call the tool.Only for Europe.", "Always call the tool."]
+    for plan, ids, want in zip(steer_spy.plans, inputs.inputs, expected, strict=True):
         emphasized = unscaled_text(plan.prompt_bias[0], ids[0], tokenizer)
-        assert emphasized.strip() == "Always call the tool.Only for Europe."
+        assert emphasized.strip() == want
 
 
 # --------------------------------------------------------------------------------------------
