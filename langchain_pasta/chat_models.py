@@ -38,7 +38,13 @@ from typing_extensions import override
 
 from langchain_pasta._base import MODEL_CONFIG, PastaParams
 from langchain_pasta._messages import convert_message
-from pastalib.agent import MARKUP_STOPS, LikelihoodToolScorer, answer_grammar, decide_tool_use
+from pastalib.agent import (
+    MARKUP_STOPS,
+    LikelihoodToolScorer,
+    answer_grammar,
+    decide_tool_use,
+    forced_tools,
+)
 from pastalib.chat import render_conversation
 from pastalib.errors import ChatTemplateError, ParameterError
 from pastalib.generation import GenerationOutput, GenerationRequest, StopBuffer
@@ -49,7 +55,6 @@ from pastalib.tools import (
     parse_tool_calls,
     tool_call_grammar,
     tool_description_spans,
-    tool_name,
 )
 
 __all__ = ["ChatPasta", "ChatTemplateError"]
@@ -267,7 +272,7 @@ class ChatPasta(PastaParams, BaseChatModel):
             ParameterError: ``tool_choice`` names a tool that is not bound.
         """
         specs = [convert_to_openai_tool(tool) for tool in tools]
-        forced = _forced_specs(specs, tool_choice)  # validate now rather than at call time
+        forced = forced_tools(specs, tool_choice)  # validate now rather than at call time
         if specs and (forced or importlib.util.find_spec("llguidance") is not None):
             # A tool schema the grammar engine cannot compile fails here, naming the construct.
             compile_grammar(tool_call_grammar([tool_description_spans(s, False)[0] for s in specs]))
@@ -598,27 +603,6 @@ def _batch_key(call: _Call) -> tuple[Any, ...]:
         request.grammar,
         call.parse_tools,
     )
-
-
-def _forced_specs(
-    specs: Sequence[Mapping[str, Any]], tool_choice: dict[str, Any] | str | bool | None
-) -> list[Mapping[str, Any]]:
-    """The tools a ``tool_choice`` forces the model to pick from (empty: not forced)."""
-    if tool_choice in (None, False, "auto", "none"):
-        return []
-    if tool_choice in (True, "any", "required"):
-        return list(specs)
-    if isinstance(tool_choice, dict):
-        name = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
-    else:
-        name = tool_choice
-    chosen = [spec for spec in specs if tool_name(spec) == name]
-    if not chosen:
-        raise ParameterError(
-            f"tool_choice {tool_choice!r} names no bound tool; bound: "
-            f"{[tool_name(spec) for spec in specs]}."
-        )
-    return chosen
 
 
 def _response_schema(response_format: Mapping[str, Any]) -> dict[str, Any] | None:

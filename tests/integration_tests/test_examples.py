@@ -72,6 +72,9 @@ def test_agent_tools() -> None:
         args = ast.literal_eval(call[len("get_weather(") : -1])
         assert isinstance(args.get("city"), str) and args["city"]
         assert lines[label]
+        # The question that needs no tool is answered directly, with no tool markup.
+        assert lines[f"{label} direct tool calls"] == "[]"
+        assert lines[f"{label} direct"] and "<tool" not in lines[f"{label} direct"]
 
 
 def test_structured_output() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -35,7 +36,7 @@ def pasta(model: PreTrainedModel) -> PASTA:
 
 
 def special_tokenizer() -> PreTrainedTokenizerFast:
-    tokenizer = tiny_tokenizer()
+    tokenizer = copy.deepcopy(tiny_tokenizer())  # the shared one must stay as it is
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
     return tokenizer
 
@@ -59,7 +60,7 @@ def test_a_literal_special_token_is_never_emphasized() -> None:
 
 
 def test_tokenizing_never_changes_the_callers_tokenizer() -> None:
-    tokenizer = tiny_tokenizer()
+    tokenizer = copy.deepcopy(tiny_tokenizer())
     tokenizer.pad_token = None
     inputs, _ = tokenize_with_offsets(tokenizer, ["a b c d", "a"])
     assert tokenizer.pad_token is None
