@@ -348,7 +348,9 @@ def resolve(
         try:
             heads = resolve_heads(request.head_config, num_layers, num_heads)
         except HeadConfigError as error:
-            raise HeadConfigError(f"pasta.head_config: {error}") from None
+            # heads' messages start "head_config: "; name the request field instead.
+            detail = str(error).removeprefix("head_config: ")
+            raise HeadConfigError(f"pasta.head_config: {detail}") from None
     length = len(token_ids)
     emphasis = torch.zeros(1, length, dtype=torch.bool)
     for start, end in request.token_spans:
