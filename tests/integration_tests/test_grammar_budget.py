@@ -165,6 +165,6 @@ def test_unicode_tool_call_that_cannot_fit_32_tokens_raises(pasta: PASTA) -> Non
 
 
 def _tool_grammar() -> str:
-    from langchain_pasta._tools import tool_call_grammar
+    from pastalib.tools import tool_call_grammar
 
     return tool_call_grammar([convert_to_openai_tool(unicode_customer)])
