@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 # The ceiling for the standard suite; the subclass below runs it again at 48.
 MAX_NEW_TOKENS = 64
 
+
 class TestChatPastaIntegration(ChatModelIntegrationTests):
     _weights: tuple[PreTrainedModel, PreTrainedTokenizerFast] | None = None
 
