@@ -121,3 +121,41 @@ def reference_attention(
     probs = torch.softmax(logits, dim=-1)
     output = (probs @ value).transpose(1, 2)
     return output, probs
+
+
+@dataclass
+class CachedRun:
+    """Steered ``generate`` logits beside a steered and an unsteered no-cache recompute."""
+
+    cached: torch.Tensor
+    recomputed: torch.Tensor
+    full: torch.Tensor
+    plain: torch.Tensor
+    prompt: int
+
+
+def cached_and_recomputed(pasta: Any, texts: Sequence[str], spans: Any, new: int = 6) -> CachedRun:
+    """Generates ``new`` tokens steered with the KV cache, then recomputes them without it."""
+    model = pasta.model
+    inputs, offsets = pasta.inputs_from_batch(texts)
+    with pasta.steer_spans(inputs, offsets, spans):
+        out = model.generate(
+            **inputs,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
+    cached = torch.stack(out.logits, dim=1)
+    mask = torch.cat([inputs["attention_mask"], torch.ones(len(texts), new, dtype=torch.long)], 1)
+    # The positions generate() uses for left-padded rows (absolute-position models need them).
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    with pasta.steer_spans(inputs, offsets, spans):
+        full = model(
+            input_ids=out.sequences, attention_mask=mask, position_ids=positions, use_cache=False
+        ).logits
+    prompt = inputs["input_ids"].shape[1]
+    plain = model(input_ids=out.sequences, attention_mask=mask, position_ids=positions).logits
+    return CachedRun(cached, full[:, prompt - 1 : prompt - 1 + new], full, plain, prompt)

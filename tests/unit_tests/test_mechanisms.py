@@ -24,7 +24,13 @@ from pastalib.steering import (
     mechanisms,
     steer,
 )
-from tests.reference import AttentionCall, emphasized_positions, expected_bias, spy_attention
+from tests.reference import (
+    AttentionCall,
+    cached_and_recomputed,
+    emphasized_positions,
+    expected_bias,
+    spy_attention,
+)
 from tests.tiny import ARCHITECTURES, tiny_model
 
 HEADS = {0: [1], 1: [0, 3], 2: [0, 1, 2, 3]}  # one head, two heads, a whole layer
@@ -180,33 +186,10 @@ def test_cached_generation_equals_recompute(
     """KV-cached decode steps are steered exactly like a full recompute (sliding windows too)."""
     model = tiny_model(arch, backend, DTYPE[backend])
     pasta = PASTA(model, tokenizer, HEADS, alpha=ALPHA, mechanism=kind, target=TARGET)
-    inputs, offsets = pasta.inputs_from_batch(TEXTS)
-    spans = spans_of(TEXTS, EMPHASIS)
-    new = 6
-    with pasta.steer_spans(inputs, offsets, spans):
-        out = model.generate(
-            **inputs,
-            max_new_tokens=new,
-            min_new_tokens=new,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-            pad_token_id=0,
-        )
-    cached = torch.stack(out.logits, dim=1)
-    mask = torch.cat(
-        [inputs["attention_mask"], torch.ones(len(TEXTS), new, dtype=torch.long)], dim=1
-    )
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    with pasta.steer_spans(inputs, offsets, spans):
-        full = model(
-            input_ids=out.sequences, attention_mask=mask, position_ids=positions, use_cache=False
-        ).logits
-    prompt = inputs["input_ids"].shape[1]
-    recomputed = full[:, prompt - 1 : prompt - 1 + new]
-    assert (cached - recomputed).abs().max() < (1e-6 if backend == "sdpa" else 1e-4)
-    plain = model(input_ids=out.sequences, attention_mask=mask, position_ids=positions).logits
-    assert (plain[:, prompt:] - full[:, prompt:]).abs().max() > 1e-4  # decode steps steered
+    run = cached_and_recomputed(pasta, TEXTS, spans_of(TEXTS, EMPHASIS))
+    assert (run.cached - run.recomputed).abs().max() < (1e-6 if backend == "sdpa" else 1e-4)
+    steered = (run.plain[:, run.prompt :] - run.full[:, run.prompt :]).abs().max()
+    assert steered > 1e-4  # decode steps steered
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -7,7 +7,12 @@ import torch
 
 from pastalib import PASTA
 from pastalib.steering import STEERED_EAGER, STEERED_SDPA
-from tests.reference import expected_bias, reference_attention, spy_attention
+from tests.reference import (
+    cached_and_recomputed,
+    expected_bias,
+    reference_attention,
+    spy_attention,
+)
 from tests.tiny import ARCHITECTURES, tiny_model
 
 ALPHA = 0.01
@@ -106,37 +111,11 @@ def test_cached_generation_equals_recompute(arch: str, backend: str, tokenizer) 
     """KV-cached decode steps are steered exactly like a full recompute (sliding windows too)."""
     model = tiny_model(arch, backend, DTYPE[backend])
     pasta = PASTA(model, tokenizer, HEADS, alpha=ALPHA)
-    inputs, offsets = pasta.inputs_from_batch(TEXTS)
-    spans = spans_of(TEXTS, EMPHASIS)
-    new = 6
-    with pasta.steer_spans(inputs, offsets, spans):
-        out = model.generate(
-            **inputs,
-            max_new_tokens=new,
-            min_new_tokens=new,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-            pad_token_id=0,
-        )
-    cached = torch.stack(out.logits, dim=1)
-    mask = torch.cat(
-        [inputs["attention_mask"], torch.ones(len(TEXTS), new, dtype=torch.long)], dim=1
-    )
-    # The positions generate() uses for left-padded rows (absolute-position models need them).
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    with pasta.steer_spans(inputs, offsets, spans):
-        full = model(
-            input_ids=out.sequences, attention_mask=mask, position_ids=positions, use_cache=False
-        ).logits
-    prompt = inputs["input_ids"].shape[1]
-    recomputed = full[:, prompt - 1 : prompt - 1 + new]
+    run = cached_and_recomputed(pasta, TEXTS, spans_of(TEXTS, EMPHASIS))
     # generate() hands out float32 logits.
-    assert (cached - recomputed).abs().max() < 1e-6
-    plain = model(input_ids=out.sequences, attention_mask=mask, position_ids=positions).logits[
-        :, prompt - 1 : prompt - 1 + new
-    ]
-    assert (plain - recomputed).abs().max() > 1e-4  # decode steps really are steered
+    assert (run.cached - run.recomputed).abs().max() < 1e-6
+    plain = run.plain[:, run.prompt - 1 : run.prompt - 1 + run.recomputed.shape[1]]
+    assert (plain - run.recomputed).abs().max() > 1e-4  # decode steps really are steered
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "gpt2", "gemma3_text", "opt"])
