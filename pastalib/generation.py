@@ -21,7 +21,7 @@ import copy
 import math
 import threading
 from collections.abc import AsyncIterator, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -543,18 +543,10 @@ class PastaEngine:
         request = prepared.request
         if not any(request.spans):
             return contextlib.nullcontext()  # nothing emphasized: the model runs untouched
-        options = request.steering
+        # SteeringOptions' fields are steer_spans' per-call overrides, name for name.
+        options = {f.name: getattr(request.steering, f.name) for f in fields(request.steering)}
         return self.pasta.steer_spans(
-            prepared.inputs,
-            prepared.offsets,
-            request.spans,
-            texts=request.texts,
-            alpha=options.alpha,
-            scale_position=options.scale_position,
-            head_config=options.head_config,
-            decode_steps=options.decode_steps,
-            mechanism=options.mechanism,
-            target=options.target,
+            prepared.inputs, prepared.offsets, request.spans, texts=request.texts, **options
         )
 
     def _run(self, prepared: _Prepared, streamer: TextIteratorStreamer | None) -> torch.Tensor:
