@@ -88,13 +88,8 @@ def expected_bias(
     return scaled.double() * math.log(alpha)
 
 
-def reference_attention(
-    call: AttentionCall, key_bias: torch.Tensor | None, heads: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(Q Kᵀ · scale [softcapped] + mask + bias) V in float64; returns (output, probs).
-
-    ``key_bias`` is ``[batch, kv]``; it is added to the logits of ``heads`` only.
-    """
+def reference_logits(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 ``Q Kᵀ · scale`` (softcapped) ``+ mask`` with ``-inf`` masks; and V (GQA expanded)."""
     query, key, value = (t.double() for t in (call.query, call.key, call.value))
     repeat = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(repeat, dim=1)
@@ -104,20 +99,29 @@ def reference_attention(
     logits = query @ key.transpose(-1, -2) * scaling
     if call.softcap is not None:
         logits = torch.tanh(logits / call.softcap) * call.softcap
-    mask = call.mask
-    if mask is None:
+    if call.mask is None:
         allowed = torch.ones(q_len, kv_len, dtype=torch.bool)
         if q_len > 1:
             allowed = allowed.tril()
         additive = torch.where(allowed, 0.0, -math.inf).double()[None, None]
-    elif mask.dtype == torch.bool:
-        additive = torch.where(mask[..., :kv_len], 0.0, -math.inf).double()
+    elif call.mask.dtype == torch.bool:
+        additive = torch.where(call.mask[..., :kv_len], 0.0, -math.inf).double()
     else:
-        additive = mask[..., :kv_len].double().clamp(min=-1e300)
+        additive = call.mask[..., :kv_len].double().clamp(min=-1e300)
         additive = torch.where(additive < -1e30, -math.inf, additive)
-    logits = logits + additive
+    return logits + additive, value
+
+
+def reference_attention(
+    call: AttentionCall, key_bias: torch.Tensor | None, heads: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(Q Kᵀ · scale [softcapped] + mask + bias) V in float64; returns (output, probs).
+
+    ``key_bias`` is ``[batch, kv]``; it is added to the logits of ``heads`` only.
+    """
+    logits, value = reference_logits(call)
     if key_bias is not None and len(heads):
-        logits[:, list(heads)] += key_bias[:, None, None, :kv_len].double()
+        logits[:, list(heads)] += key_bias[:, None, None, : logits.shape[-1]].double()
     probs = torch.softmax(logits, dim=-1)
     output = (probs @ value).transpose(1, 2)
     return output, probs

@@ -29,6 +29,7 @@ from tests.reference import (
     cached_and_recomputed,
     emphasized_positions,
     expected_bias,
+    reference_logits,
     spy_attention,
 )
 from tests.tiny import ARCHITECTURES, tiny_model
@@ -61,30 +62,6 @@ def encode(tokenizer: Any, texts: list[str]) -> Any:
     return tokenizer(
         texts, return_tensors="pt", padding=True, padding_side="left", return_offsets_mapping=True
     )
-
-
-def reference_logits(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
-    """float64 ``Q Kᵀ · scale`` (softcapped) ``+ mask`` with ``-inf`` masks; and V (GQA expanded)."""
-    query, key, value = (t.double() for t in (call.query, call.key, call.value))
-    repeat = query.shape[1] // key.shape[1]
-    key = key.repeat_interleave(repeat, dim=1)
-    value = value.repeat_interleave(repeat, dim=1)
-    q_len, kv_len = query.shape[2], key.shape[2]
-    scaling = call.scaling if call.scaling is not None else query.shape[-1] ** -0.5
-    logits = query @ key.transpose(-1, -2) * scaling
-    if call.softcap is not None:
-        logits = torch.tanh(logits / call.softcap) * call.softcap
-    if call.mask is None:
-        allowed = torch.ones(q_len, kv_len, dtype=torch.bool)
-        if q_len > 1:
-            allowed = allowed.tril()
-        additive = torch.where(allowed, 0.0, -math.inf).double()[None, None]
-    elif call.mask.dtype == torch.bool:
-        additive = torch.where(call.mask[..., :kv_len], 0.0, -math.inf).double()
-    else:
-        additive = call.mask[..., :kv_len].double().clamp(min=-1e300)
-        additive = torch.where(additive < -1e30, -math.inf, additive)
-    return logits + additive, value
 
 
 def reference(
