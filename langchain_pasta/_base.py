@@ -33,7 +33,7 @@ from pastalib.generation import (
     GenerationRequest,
     PastaEngine,
     SteeringOptions,
-    check_number,
+    check_numeric_options,
     check_stop,
     generation_config,
 )
@@ -425,19 +425,7 @@ def _check_options(options: dict[str, Any]) -> None:
     unknown = sorted(set(options) - CALL_OPTIONS)
     if unknown:
         raise ParameterError(f"Unknown option(s) {unknown}; accepted: {sorted(CALL_OPTIONS)}.")
-    for name in ("max_new_tokens", "max_tokens"):
-        check_number(name, options.get(name), ">= 1", lambda v: v >= 1, integer=True)
-    check_number("temperature", options.get("temperature"), ">= 0", lambda v: v >= 0)
-    check_number("top_p", options.get("top_p"), "in (0, 1]", lambda v: 0 < v <= 1)
-    check_number("top_k", options.get("top_k"), ">= 1", lambda v: v >= 1, integer=True)
-    check_number("repetition_penalty", options.get("repetition_penalty"), "> 0", lambda v: v > 0)
-    check_number("timeout", options.get("timeout"), "> 0 seconds", lambda v: v > 0)
-    check_number("seed", options.get("seed"), ">= 0", lambda v: v >= 0, integer=True)
-    check_number(
-        "decode_steps", options.get("decode_steps"), ">= 0", lambda v: v >= 0, integer=True
-    )
-    check_number("alpha", options.get("alpha"), "> 0", lambda v: v > 0)
-    check_number("target", options.get("target"), "in (0, 1)", lambda v: 0 < v < 1)
+    check_numeric_options(options)
     mechanism = options.get("mechanism")
     if mechanism is not None and mechanism not in MECHANISMS:
         raise ParameterError(f"mechanism must be one of {MECHANISMS}, got {mechanism!r}.")

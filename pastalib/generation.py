@@ -20,7 +20,7 @@ import contextvars
 import copy
 import math
 import threading
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -186,6 +186,32 @@ def check_number(name: str, value: Any, accepted: str, ok: Any, *, integer: bool
         raise ParameterError(f"{name} must be {accepted}, got {value!r}.")
 
 
+# Numeric options by name: (accepted range in words, predicate, integer only). One table for
+# every entry point: generation_config here, and the LangChain fields, bind and call options.
+NUMERIC_OPTIONS: dict[str, tuple[str, Any, bool]] = {
+    "max_new_tokens": (">= 1", lambda v: v >= 1, True),
+    "max_tokens": (">= 1", lambda v: v >= 1, True),
+    "temperature": (">= 0", lambda v: v >= 0, False),
+    "top_p": ("in (0, 1]", lambda v: 0 < v <= 1, False),
+    "top_k": (">= 1", lambda v: v >= 1, True),
+    "repetition_penalty": ("> 0", lambda v: v > 0, False),
+    "max_time": ("> 0 seconds", lambda v: v > 0, False),
+    "timeout": ("> 0 seconds", lambda v: v > 0, False),
+    "seed": (">= 0", lambda v: v >= 0, True),
+    "decode_steps": (">= 0", lambda v: v >= 0, True),
+    "alpha": ("> 0", lambda v: v > 0, False),
+    "target": ("in (0, 1)", lambda v: 0 < v < 1, False),
+}
+
+
+def check_numeric_options(options: Mapping[str, Any]) -> None:
+    """Checks every option of :data:`NUMERIC_OPTIONS` present in ``options`` (None: default)."""
+    for name, value in options.items():
+        if name in NUMERIC_OPTIONS:
+            accepted, ok, integer = NUMERIC_OPTIONS[name]
+            check_number(name, value, accepted, ok, integer=integer)
+
+
 def generation_config(
     model: PreTrainedModel,
     *,
@@ -207,14 +233,18 @@ def generation_config(
             ``temperature`` >= 0, ``top_p`` in (0, 1], ``top_k`` >= 1,
             ``repetition_penalty`` > 0, ``max_time`` > 0).
     """
-    check_number("max_new_tokens", max_new_tokens, ">= 1", lambda v: v >= 1, integer=True)
     if max_new_tokens is None:
         raise ParameterError("max_new_tokens must be an integer >= 1, got None.")
-    check_number("temperature", temperature, ">= 0", lambda v: v >= 0)
-    check_number("top_p", top_p, "in (0, 1]", lambda v: 0 < v <= 1)
-    check_number("top_k", top_k, ">= 1", lambda v: v >= 1, integer=True)
-    check_number("repetition_penalty", repetition_penalty, "> 0", lambda v: v > 0)
-    check_number("max_time", max_time, "> 0 seconds", lambda v: v > 0)
+    check_numeric_options(
+        {
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "top_k": top_k,
+            "repetition_penalty": repetition_penalty,
+            "max_time": max_time,
+        }
+    )
     if do_sample is not None and not isinstance(do_sample, bool):
         raise ParameterError(f"do_sample must be True, False or None, got {do_sample!r}.")
     config = copy.deepcopy(model.generation_config)
