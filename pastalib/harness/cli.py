@@ -23,7 +23,7 @@ import typer  # noqa: E402
 from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
-from pastalib.errors import PastaError  # noqa: E402
+from pastalib.errors import ParameterError, PastaError  # noqa: E402
 from pastalib.harness import checks, cli_research  # noqa: E402
 from pastalib.harness.cli_shared import (  # noqa: E402
     DEFAULT_HEADS,
@@ -287,6 +287,54 @@ def serve(ctx: typer.Context) -> None:
     from pastalib.vllm.serve import main as serve_main
 
     serve_main(list(ctx.args))
+
+
+@app.command()
+def compare(
+    results: Annotated[Path, typer.Argument(help="A `pasta eval --out` JSON file.")],
+    conditions: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--condition",
+            help="Condition to compare (repeatable; default: every "
+            "condition that is not a baseline).",
+        ),
+    ] = None,
+    baselines: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--against",
+            help="Baseline (repeatable; default: unsteered and "
+            "prompt_only, where the run has them).",
+        ),
+    ] = None,
+    metric: Annotated[str, typer.Option(help="Record field to compare.")] = "lenient_ok",
+    tasks: Annotated[
+        str | None, typer.Option(help="Comma-separated tasks (default: all in the run).")
+    ] = None,
+) -> None:
+    """Paired comparisons of one run's conditions: wins/losses, sign test, bootstrap CI."""
+    import json
+
+    from pastalib.harness import stats
+
+    try:
+        run = json.loads(results.read_text())
+        names = [condition["name"] for condition in run["settings"]["conditions"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ParameterError(
+            f"RESULTS {results} is not a `pasta eval` JSON file: {error}"
+        ) from None
+    against = baselines or [name for name in ("unsteered", "prompt_only") if name in names]
+    compared = conditions or [name for name in names if name not in against]
+    subset = [name.strip() for name in tasks.split(",")] if tasks else None
+    table = [
+        stats.compare(run, name, baseline, metric, tasks=subset)
+        for name in compared
+        for baseline in against
+        if name != baseline
+    ]
+    typer.echo(stats.comparisons_markdown(table))  # plain: Markdown must not be wrapped
 
 
 app.command()(cli_research.profile)
