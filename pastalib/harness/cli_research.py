@@ -234,12 +234,24 @@ def evaluate_command(
     ] = False,
     mechanisms: MechanismsOption = ["pasta"],  # noqa: B006 (typer reads the default)
     target: TargetOption = None,
+    candidates: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--candidate",
+            "-c",
+            help="Repeatable; replaces the steered column(s) with one column per candidate, "
+            "in `pasta select`'s syntax (e.g. -c smollm2-135m-instruct -c boost@0.2 "
+            "-c spotlight:layers:18-29@0.6), each at its own settings.",
+            callback=candidates_callback(),
+        ),
+    ] = None,
     model: ModelOption = "default",
     threads: ThreadsOption = None,
 ) -> None:
     """Runs the task suite unsteered, steered and with the prompt-only baseline.
 
-    With several --mechanism, one steered column each (steered:pasta, steered:boost, ...).
+    With several --mechanism, one steered column each (steered:pasta, steered:boost, ...);
+    with --candidate, one column per candidate instead.
     """
     from pastalib.harness import evaluation, selection
     from pastalib.harness.tasks import OUTPUT_SCHEMAS
@@ -264,12 +276,21 @@ def evaluate_command(
             raise ParameterError(f"--mechanism boost at --alpha {scale:g}: {error}") from error
     set_threads(threads)
     loaded_model, tokenizer = load(model)
+    if candidates:  # the steerer needs heads that fit the model: a candidate's, like select
+        specs = [selection.parse_mechanism_candidate(spec) for spec in candidates]
+        heads = next((spec.heads for spec in specs if spec.heads is not None), heads)
     pasta = PASTA(loaded_model, tokenizer, heads, alpha=scale)
-    conditions = evaluation.standard_conditions(
-        decode_steps=steps,
-        mechanisms=mechanisms,  # type: ignore[arg-type]
-        target=target,
-    )
+    if candidates:
+        conditions = [
+            *selection.candidate_conditions(pasta, candidates, mechanisms, target),
+            evaluation.Condition("prompt_only", prompt_only=True),
+        ]
+    else:
+        conditions = evaluation.standard_conditions(
+            decode_steps=steps,
+            mechanisms=mechanisms,  # type: ignore[arg-type]
+            target=target,
+        )
     grammar_runs = evaluation.grammar_conditions(decode_steps=steps)
     total = len(names) * len(conditions) + len(grammar_tasks) * len(grammar_runs)
     settings: dict[str, Any] = {
@@ -288,6 +309,7 @@ def evaluate_command(
             )
     results["settings"]["head_config"] = head_config
     results["settings"]["mechanisms"] = list(mechanisms)
+    results["settings"]["candidates"] = list(candidates or [])
     for section in (results, results.get("grammar")):
         if section is not None:
             console.print(evaluation.results_table(section, "lenient_ok"))

@@ -676,3 +676,37 @@ def test_cli_eval_and_select_with_mechanisms(tmp_path: Path, tiny_dir: Path) -> 
         ("spotlight:layers:1-2@0.5", "spotlight"),
     ]
     assert {row["name"] for row in chosen["ranking"]} == {"boost@0.1", "spotlight:layers:1-2@0.5"}
+
+
+def test_cli_eval_with_candidates_runs_each_at_its_own_settings(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    from pastalib.cli import app
+
+    path = tmp_path / "eval.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            *("--model", str(tiny_dir), "--tasks", "knowledge_conflict"),
+            *("--max-new-tokens", "2", "--limit", "1", "--out", str(path)),
+            *("-c", "layers:1-2@0.3", "-c", "boost@0.1", "-c", "spotlight:layers:2-2@0.6"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads(path.read_text())
+    assert [
+        (c["name"], c["mechanism"], c["alpha"], c["target"], c["prompt_only"])
+        for c in results["settings"]["conditions"]
+    ] == [
+        ("unsteered", "pasta", None, None, False),
+        ("layers:1-2@0.3", "pasta", 0.3, None, False),
+        ("boost@0.1", "boost", 0.1, None, False),
+        ("spotlight:layers:2-2@0.6", "spotlight", None, 0.6, False),
+        ("prompt_only", "pasta", None, None, True),
+    ]
+    assert results["settings"]["candidates"] == [
+        "layers:1-2@0.3",
+        "boost@0.1",
+        "spotlight:layers:2-2@0.6",
+    ]
