@@ -412,7 +412,7 @@ class PastaParams(BaseModel):
 
 
 def settings_error(owner: str, error: ValidationError) -> ParameterError:
-    """pydantic's findings on ``owner``'s fields as one :class:`ParameterError` (one error root).
+    """Reports pydantic's findings on ``owner``'s fields as one :class:`ParameterError`.
 
     Each problem is reported as ``field: message`` (the validators' messages name the accepted
     range); raise the result ``from None`` where the ``ValidationError`` is caught.

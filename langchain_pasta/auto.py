@@ -32,7 +32,7 @@ UNITS: tuple[str, ...] = get_args(Unit)
 """The accepted ``unit`` names."""
 
 
-class AutoEmphasis(RunnableSerializable[Mapping[str, Any], dict[str, Any]]):
+class AutoEmphasis(RunnableSerializable[dict[str, Any], dict[str, Any]]):
     r"""Emphasizes the passage of a chain's context that the model finds most relevant.
 
     AutoPASTA-style automatic emphasis for LCEL: place it between the inputs (for example a
@@ -192,12 +192,12 @@ class AutoEmphasis(RunnableSerializable[Mapping[str, Any], dict[str, Any]]):
 
     @override
     def invoke(
-        self, input: Mapping[str, Any], config: RunnableConfig | None = None, **kwargs: Any
+        self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Returns a copy of ``input`` whose context is an emphasized prompt value.
 
         Args:
-            input: A mapping with ``context_key`` (a string, or a sequence of Documents
+            input: A dict (any mapping) with ``context_key`` (a string, or a sequence of Documents
                 or strings) and ``question_key`` (a non-empty string).
             config: The runnable config (callbacks, tags...).
             **kwargs: Unused.

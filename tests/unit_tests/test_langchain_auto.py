@@ -32,7 +32,7 @@ from langchain_pasta import (
     EmphasizedPromptValue,
     PastaLLM,
 )
-from pastalib.auto import pick_key_spans
+from pastalib.auto import AutoMethod, pick_key_spans
 from pastalib.errors import ParameterError, ParameterTypeError, PastaError
 from tests.tiny import tiny_model
 from tests.unit_tests.test_chat_models import chat_tokenizer, make_chat, render_expected
@@ -91,7 +91,7 @@ def test_units_of_is_right() -> None:  # the reference itself, checked on a visi
 @pytest.mark.parametrize("method", ["likelihood", "self_prompt"])
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_string_context_picks_what_pick_key_spans_picks(
-    chat: ChatPasta, method: str, k: int
+    chat: ChatPasta, method: AutoMethod, k: int
 ) -> None:
     auto = AutoEmphasis(llm=chat, k=k, method=method)
     inputs = {"context": TEXT, "question": QUESTION, "other": 7}
@@ -185,7 +185,7 @@ MARKUP_DOCS = [
 
 
 def test_markup_in_values_stays_literal_and_only_the_pick_is_emphasized(
-    chat: ChatPasta, steer_spy: SteerSpy
+    chat: ChatPasta, tokenizer: PreTrainedTokenizerFast, steer_spy: SteerSpy
 ) -> None:
     auto = AutoEmphasis(llm=chat, k=1)
     prompt = EmphasizedChatPromptTemplate.from_messages(
@@ -210,12 +210,14 @@ def test_markup_in_values_stays_literal_and_only_the_pick_is_emphasized(
     assert [text[s:e] for s, e in spans] == [choice]
     result = chat.invoke(messages)
     assert isinstance(result, AIMessage)
-    assert_steered(steer_spy.plans[-1].prompt_bias[0], chat.tokenizer, text, [choice], False)
+    assert_steered(steer_spy.plans[-1].prompt_bias[0], tokenizer, text, [choice], False)
 
 
-def test_lcel_chain_with_a_retriever_step(chat: ChatPasta, steer_spy: SteerSpy) -> None:
+def test_lcel_chain_with_a_retriever_step(
+    chat: ChatPasta, tokenizer: PreTrainedTokenizerFast, steer_spy: SteerSpy
+) -> None:
     documents = [Document(page_content=d) for d in DOCS]
-    retriever = RunnableLambda(lambda question: documents)
+    retriever: RunnableLambda[str, list[Document]] = RunnableLambda(lambda question: documents)
     prompt = EmphasizedChatPromptTemplate.from_messages(
         [("human", "{context}\n\nQuestion: {question}")]
     )
@@ -229,13 +231,13 @@ def test_lcel_chain_with_a_retriever_step(chat: ChatPasta, steer_spy: SteerSpy) 
     answer = (head | prompt | chat).invoke(QUESTION)
     assert isinstance(answer, AIMessage) and answer.content
     text, _ = chat.render(messages)
-    assert_steered(steer_spy.plans[-1].prompt_bias[0], chat.tokenizer, text, [choice], False)
+    assert_steered(steer_spy.plans[-1].prompt_bias[0], tokenizer, text, [choice], False)
 
 
 def test_pasta_llm_and_a_string_template(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast
 ) -> None:
-    llm = PastaLLM(model=model, tokenizer=tokenizer, head_config=[0, 1, 2], max_new_tokens=3)
+    llm = PastaLLM(model=model, tokenizer=tokenizer, head_config=[0, 1, 2], max_tokens=3)
     prompt = EmphasizedPromptTemplate.from_template("Q: {question}\nFacts: {context}\nA:")
     out = AutoEmphasis(llm=llm, k=2, context_key="facts_in", question_key="q").invoke(
         {"facts_in": TEXT, "q": QUESTION}
@@ -252,7 +254,7 @@ def test_pasta_llm_and_a_string_template(
 def test_batch_is_concurrent_and_equals_sequential_invoke(
     chat: ChatPasta, model: PreTrainedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inputs = [
+    inputs: list[dict[str, Any]] = [
         {"context": TEXT, "question": QUESTION},
         {"context": TEXT, "question": "Where does John live?"},
         {"context": DOCS, "question": "Where is the tower?"},
