@@ -47,7 +47,7 @@ from pastalib.pasta import PASTA
 from pastalib.spans import Span
 from pastalib.steering import MECHANISMS, SCALE_POSITIONS, Mechanism, ScalePosition
 
-__all__ = ["CALL_OPTIONS", "PastaParams", "shared_model"]
+__all__ = ["CALL_OPTIONS", "PastaParams", "settings_error", "shared_model"]
 
 _STEERING_KEYS = (
     "alpha",
@@ -223,12 +223,7 @@ class PastaParams(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as error:  # one error root: report pydantic's findings as ours
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in item['loc']) or 'input'}: "
-                f"{item['msg'].removeprefix('Value error, ')}"
-                for item in error.errors()
-            )
-            raise ParameterError(f"Invalid {type(self).__name__} settings: {problems}") from None
+            raise settings_error(type(self).__name__, error) from None
 
     @model_validator(mode="before")
     @classmethod
@@ -414,6 +409,20 @@ class PastaParams(BaseModel):
             "temperature": self.temperature,
             "do_sample": self.do_sample,
         }
+
+
+def settings_error(owner: str, error: ValidationError) -> ParameterError:
+    """Reports pydantic's findings on ``owner``'s fields as one :class:`ParameterError`.
+
+    Each problem is reported as ``field: message`` (the validators' messages name the accepted
+    range); raise the result ``from None`` where the ``ValidationError`` is caught.
+    """
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or 'input'}: "
+        f"{item['msg'].removeprefix('Value error, ')}"
+        for item in error.errors()
+    )
+    return ParameterError(f"Invalid {owner} settings: {problems}")
 
 
 def _check_options(options: dict[str, Any]) -> None:
