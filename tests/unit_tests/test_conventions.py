@@ -42,6 +42,7 @@ EXPECTED_ALL = {
     },
     "langchain_pasta": {
         "SPANS_KEY",
+        "AutoEmphasis",
         "ChatPasta",
         "ChatTemplateError",
         "EmphasisError",
