@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 KEY_FACT_POSITIONS: tuple[str, ...] = ("early", "middle", "late")
-"""Where the key sentence sits: the first, middle or last third of the context."""
+"""Where the key sentence sits: sentence ``i`` of ``n`` is in third ``i * 3 // n``."""
 
 
 @dataclass(frozen=True)
@@ -392,11 +392,8 @@ def _example(split: str, seed: int, index: int) -> KeyFactExample:
         [f for f in _FILLERS[half] if f not in fillers], max(0, length - 1 - len(body))
     )
     rng.shuffle(body)
-    third = len(body) + 1
-    band = {"early": (0, third // 3), "middle": (third // 3, 2 * third // 3)}.get(
-        position, (2 * third // 3, third)
-    )
-    key_index = rng.randrange(*band)
+    count, third = len(body) + 1, KEY_FACT_POSITIONS.index(position)
+    key_index = rng.choice([i for i in range(count) if i * 3 // count == third])
     sentences = [*body[:key_index], key, *body[key_index:]]
     if rng.random() < 0.5:
         context = " ".join(sentences)
