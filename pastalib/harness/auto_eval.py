@@ -85,7 +85,7 @@ def auto_evaluate(
     skip: int = 0,
     k: int = 1,
     methods: Sequence[str] = AUTO_METHODS,
-    max_new_tokens: int = 16,
+    max_new_tokens: int = 32,
     batch_size: int = 8,
     mechanism: Mechanism | None = None,
     alpha: float | None = None,
@@ -106,7 +106,8 @@ def auto_evaluate(
         skip: Skip this many examples first.
         k: Sentences each method picks.
         methods: Pick methods (:data:`pastalib.auto.AUTO_METHODS`), one condition each.
-        max_new_tokens: Generation length (the answers are a few words).
+        max_new_tokens: Generation length (the model often restates the question before
+            its few-word answer, and SmolLM2 spends a token per digit of a year).
         batch_size: Prompts per generate call.
         mechanism: Steering mechanism (None: the steerer's).
         alpha: Scaling (None: the steerer's).

@@ -74,7 +74,7 @@ def auto_eval_command(
     limit: Annotated[int, typer.Option(min=1, help="Examples.")] = 32,
     split: SplitOption = "test",
     skip: Annotated[int, typer.Option(min=0, help="Skip this many examples first.")] = 0,
-    max_new_tokens: MaxNewTokensOption = 16,
+    max_new_tokens: MaxNewTokensOption = 32,
     batch_size: BatchOption = 8,
     seed: SeedOption = 0,
     prompt_only: Annotated[
