@@ -375,7 +375,7 @@ def _sentences(
             for name in rng.sample(names, rng.randint(2, len(names))):
                 r = _RELATIONS[name]
                 optional.append(_fact(rng, half, r.fact[half], entity, draw(r.pool)))
-    return key, subject, answer, must, optional, values  # fmt: skip
+    return key, subject, answer, must, optional, values
 
 
 def _example(split: str, seed: int, index: int) -> KeyFactExample:
@@ -423,7 +423,7 @@ def _example(split: str, seed: int, index: int) -> KeyFactExample:
         distractors=tuple(values),
         key_index=key_index,
         n_sentences=len(sentences),
-    )  # fmt: skip
+    )
 
 
 def generate_key_fact(split: str, n: int, seed: int = 0) -> list[KeyFactExample]:
