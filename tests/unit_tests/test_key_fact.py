@@ -335,3 +335,16 @@ def test_auto_eval_command_writes_results(tmp_path: Path, tokenizer) -> None:  #
     ]
     assert results["settings"]["alpha"] == 0.05 and results["settings"]["k"] == 2
     assert len(results["examples"]) == 10
+
+
+def test_pasta_eval_runs_key_fact_with_the_key_sentence_steered(chat_pasta: PASTA) -> None:
+    from pastalib.harness import evaluation
+
+    results = evaluation.evaluate(
+        chat_pasta, ["key_fact"], evaluation.standard_conditions(), limit=1, max_new_tokens=1
+    )
+    assert list(results["tasks"]["key_fact"]) == ["unsteered", "steered", "prompt_only"]
+    (example,) = generate_key_fact("test", 1)
+    for record in results["examples"]:
+        assert record["uid"] == example.uid and record["kind"] == example.kind
+        assert record["lenient"] == score_key_fact(example, record["output"]).lenient
