@@ -125,6 +125,8 @@ def pick_key_spans(
         ParameterError: ``k`` not an integer >= 1, an unknown method, or an empty question.
         SpanError: A unit is malformed, overlaps another or lies outside ``context``.
     """
+    if k is None:  # check_number lets None through (it means "the default" elsewhere)
+        raise ParameterError("k must be an integer >= 1, got None.")
     check_number("k", k, ">= 1", lambda v: v >= 1, integer=True)
     candidates = split_sentences(context) if units is None else list(units)
     if not candidates:

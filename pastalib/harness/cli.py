@@ -24,7 +24,7 @@ from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
 from pastalib.errors import ParameterError, PastaError  # noqa: E402
-from pastalib.harness import checks, cli_research  # noqa: E402
+from pastalib.harness import checks, cli_auto, cli_research  # noqa: E402
 from pastalib.harness.cli_shared import (  # noqa: E402
     DEFAULT_HEADS,
     EXAMPLE,
@@ -340,6 +340,7 @@ def compare(
 app.command()(cli_research.profile)
 app.command(name="eval")(cli_research.evaluate_command)
 app.command()(cli_research.select)
+app.command(name="auto-eval")(cli_auto.auto_eval_command)
 
 
 def main() -> None:

@@ -172,6 +172,12 @@ BAD_ARGUMENTS: list[tuple[list[str], list[str]]] = [
     (["select", "-c", "layers:1-2@-1"], ["--candidate", "alpha must be > 0"]),
     (["select", "-c", "nope.json"], ["--candidate", "nope.json"]),
     (["eval", "--mechanism", "instaboost"], ["--mechanism", "'pasta', 'boost', 'spotlight'"]),
+    (["auto-eval", "--method", "attention"], ["--method", "'likelihood', 'self_prompt'"]),
+    (["auto-eval", "--method", "likelihood", "--method", "likelihood"], ["--method", "once"]),
+    (["auto-eval", "--k", "0"], ["--k", "greater than or equal to 1"]),
+    (["auto-eval", "--mechanism", "warp"], ["--mechanism", "'pasta', 'boost', 'spotlight'"]),
+    (["auto-eval", "--split", "dev"], ["--split", "'train', 'test'"]),
+    (["auto-eval", "--out", "{a_directory}"], ["--out", "is a directory"]),
     (["eval", "--mechanism", "boost", "--mechanism", "boost"], ["--mechanism", "once"]),
     (["eval", "--target", "1.5"], ["--target", "(0, 1)"]),
     (["eval", "--target", "0"], ["--target", "(0, 1)"]),
@@ -225,6 +231,7 @@ def test_missing_extra_fails_before_the_model_load(
 
 def test_help_lists_every_command() -> None:
     commands = ["generate", "heads", "attention", "prepare", "serve", "profile", "eval", "select"]
+    commands.append("auto-eval")
     result = CliRunner().invoke(app, ["--help"], terminal_width=160)
     assert result.exit_code == 0 and "--debug" in result.output
     assert all(f" {command} " in result.output for command in commands), result.output

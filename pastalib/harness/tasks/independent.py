@@ -35,6 +35,7 @@ from typing import TypeVar
 from pastalib.harness.tasks import metrics
 from pastalib.harness.tasks.data import TASKS, TaskExample
 from pastalib.harness.tasks.data import generate as generate_builtin
+from pastalib.harness.tasks.key_fact import KeyFactExample, generate_key_fact, score_key_fact
 
 __all__ = [
     "ALL_TASKS",
@@ -56,9 +57,10 @@ INDEPENDENT_TASKS: tuple[str, ...] = (
 )
 """The independent families' task names."""
 
-ALL_TASKS: tuple[str, ...] = (*TASKS, *INDEPENDENT_TASKS, "ifbench")
-"""Every task name ``pasta eval`` / ``pasta select`` accept (``ifbench``: test split only,
-the ``ifbench`` extra, see :mod:`pastalib.harness.ifbench`)."""
+ALL_TASKS: tuple[str, ...] = (*TASKS, *INDEPENDENT_TASKS, "key_fact", "ifbench")
+"""Every task name ``pasta eval`` / ``pasta select`` accept (``key_fact``: the long-context
+task of :mod:`pastalib.harness.tasks.key_fact`; ``ifbench``: test split only, the ``ifbench``
+extra, see :mod:`pastalib.harness.ifbench`)."""
 
 POSITIONS: tuple[str, ...] = ("before", "middle", "after")
 """Where the emphasized sentence(s) go relative to the context."""
@@ -436,7 +438,9 @@ def generate_independent(task: str, split: str, n: int, seed: int = 0) -> list[I
 
 
 def generate_any(task: str, split: str, n: int, seed: int = 0) -> Sequence[TaskExample]:
-    """Examples of any task in :data:`ALL_TASKS` (built-in, independent or IFBench)."""
+    """Examples of any task in :data:`ALL_TASKS` (built-in, independent, key-fact, IFBench)."""
+    if task == "key_fact":
+        return generate_key_fact(split, n, seed)
     if task == "ifbench":
         from pastalib.harness import ifbench
 
@@ -450,6 +454,8 @@ def score_any(example: TaskExample, output: str) -> metrics.Score:
     """Scores an output of any task's example."""
     if isinstance(example, IndependentExample):
         return score_independent(example, output)
+    if isinstance(example, KeyFactExample):
+        return score_key_fact(example, output)
     if example.task == "ifbench":
         from pastalib.harness import ifbench
 
