@@ -10,8 +10,10 @@ does; they differ only in what is steered:
   context for the question, one condition per method (``likelihood``, ``self_prompt``);
 * ``gold``: the key sentence itself (the oracle; ``pasta eval --tasks key_fact``'s
   ``steered``);
-* ``prompt_only`` (optional): no steering, the key sentence restated after the prompt behind
-  ``IMPORTANT:`` (:func:`pastalib.harness.tasks.prompt_only_baseline`; an oracle too).
+* ``prompt_only:<method>`` and ``prompt_only:gold`` (optional): no steering; the first
+  method's picked sentence(s), or the key sentence (an oracle too), restated after the prompt
+  behind ``IMPORTANT:`` (:func:`pastalib.harness.tasks.prompt_only_baseline`). The first is
+  the fair prompt-only rival of ``auto:<method>``: the same pick, restated instead of steered.
 
 Besides the rates, each method's pick accuracy: the share of examples where a picked span
 overlaps the key sentence.
@@ -19,6 +21,7 @@ overlaps the key sentence.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,7 +48,8 @@ __all__ = ["auto_conditions", "auto_evaluate", "pick_hit"]
 def auto_conditions(methods: Sequence[str], prompt_only: bool = True) -> list[str]:
     """The condition names, in the order they run and are reported."""
     names = ["unsteered", "whole_context", *(f"auto:{method}" for method in methods), "gold"]
-    return [*names, "prompt_only"] if prompt_only else names
+    restated = [f"prompt_only:{source}" for source in (*methods[:1], "gold")]
+    return [*names, *restated] if prompt_only else names
 
 
 def pick_hit(picked: Sequence[Span], key: Span) -> bool:
@@ -74,6 +78,21 @@ def _key_span(example: KeyFactExample) -> Span:
     """The key sentence's span in the context."""
     start = example.context.index(example.emphasized[0])
     return start, start + len(example.emphasized[0])
+
+
+def _is_restated(name: str) -> bool:
+    return name.startswith("prompt_only:")
+
+
+def _restated(
+    example: KeyFactExample, picks: dict[str, list[list[Span]]], index: int, name: str
+) -> str:
+    """The prompt-only text: the condition's sentence(s) restated behind ``IMPORTANT:``."""
+    source = name.removeprefix("prompt_only:")
+    if source != "gold":
+        picked = tuple(example.context[a:b] for a, b in picks[source][index])
+        example = dataclasses.replace(example, emphasized=picked)
+    return prompt_only_baseline(example)
 
 
 def auto_evaluate(
@@ -114,7 +133,7 @@ def auto_evaluate(
         head_config: Heads to steer (None: the steerer's).
         decode_steps: Steer the prefill and this many decode steps (None: all).
         target: Spotlight's attention share (None: the steerer's).
-        prompt_only: Also run the prompt-only baseline.
+        prompt_only: Also run the prompt-only baselines (the first method's pick, and gold).
         chat: Render prompts with the chat template.
         progress: Called with the number of outputs just generated.
 
@@ -168,7 +187,7 @@ def auto_evaluate(
             texts: list[str] = []
             spans: list[list[Span]] = []
             for i, ex in batch:
-                content = prompt_only_baseline(ex) if name == "prompt_only" else ex.prompt
+                content = _restated(ex, picks, i, name) if _is_restated(name) else ex.prompt
                 text, rendered = render_prompt(pasta.tokenizer, content, steered(name, i, ex), chat)
                 texts.append(text)
                 spans.append(rendered)
@@ -176,7 +195,7 @@ def auto_evaluate(
                     prompt_tokens.append(len(pasta.tokenizer(text)["input_ids"]))
             outputs += pasta.generate(
                 texts,
-                None if name in ("unsteered", "prompt_only") else spans,
+                None if name == "unsteered" or _is_restated(name) else spans,
                 max_new_tokens=max_new_tokens,
                 mechanism=mechanism,
                 alpha=alpha,

@@ -81,7 +81,8 @@ def auto_eval_command(
         bool,
         typer.Option(
             "--prompt-only/--no-prompt-only",
-            help="Also run the key sentence restated after 'IMPORTANT:' (unsteered).",
+            help="Also run, unsteered, the first --method's pick and the key sentence "
+            "restated after 'IMPORTANT:'.",
         ),
     ] = True,
     out: Annotated[Path | None, output_option("JSON results file.", "--out", "-o")] = Path(
@@ -94,7 +95,7 @@ def auto_eval_command(
 
     Steers nothing, the whole context, each --method's picks (auto:METHOD), the key sentence.
 
-    The key-sentence columns (gold, prompt_only) are oracles: they know the answer's place.
+    The key-sentence columns (gold, prompt_only:gold) are oracles: they know the answer's place.
     """
     from pastalib.harness import auto_eval, evaluation, selection
     from pastalib.pasta import PASTA

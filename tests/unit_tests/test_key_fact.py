@@ -202,18 +202,28 @@ def test_auto_evaluate_runs_every_condition(
     monkeypatch.setattr(chat_pasta, "generate", recording)
     results = auto_eval.auto_evaluate(chat_pasta, limit=2, skip=1, max_new_tokens=2, batch_size=2)
     names = ["unsteered", "whole_context", "auto:likelihood", "auto:self_prompt", "gold"]
-    names.append("prompt_only")
+    names += ["prompt_only:likelihood", "prompt_only:gold"]
     assert [c["name"] for c in results["settings"]["conditions"]] == names
     assert list(results["tasks"]["key_fact"]) == names == list(results["overall"])
     examples = generate_key_fact("test", 3)[1:]
     records = results["examples"]
-    assert len(records) == 12 and len(calls) == 6
+    assert len(records) == 14 and len(calls) == 7
     by_condition = dict(zip(names, calls, strict=True))
     for name, (texts, spans) in by_condition.items():
         for i, example in enumerate(examples):
             assert texts[i].startswith("<|im_start|>user\n")
-            if name == "prompt_only":
+            if name == "prompt_only:gold":
                 assert texts[i].count(example.emphasized[0]) == 2
+                assert spans is None
+                continue
+            if name == "prompt_only:likelihood":
+                record = next(
+                    r
+                    for r in records
+                    if r["condition"] == "auto:likelihood" and r["uid"] == example.uid
+                )
+                picked = " ".join(example.context[a:b] for a, b in record["picked"])
+                assert texts[i].endswith(f"IMPORTANT: {picked}<|im_end|>\n<|im_start|>assistant\n")
                 assert spans is None
                 continue
             assert texts[i].count(example.context) == 1
@@ -331,10 +341,11 @@ def test_auto_eval_command_writes_results(tmp_path: Path, tokenizer) -> None:  #
         "whole_context",
         "auto:likelihood",
         "gold",
-        "prompt_only",
+        "prompt_only:likelihood",
+        "prompt_only:gold",
     ]
     assert results["settings"]["alpha"] == 0.05 and results["settings"]["k"] == 2
-    assert len(results["examples"]) == 10
+    assert len(results["examples"]) == 12
 
 
 def test_pasta_eval_runs_key_fact_with_the_key_sentence_steered(chat_pasta: PASTA) -> None:
