@@ -28,6 +28,7 @@ from pastalib.harness import checks  # noqa: E402
 from pastalib.harness.cli_shared import (  # noqa: E402
     ALL_TASKS,
     DEFAULT_HEADS,
+    DEV_TASKS,
     AlphaOption,
     BatchOption,
     DecodeStepsOption,
@@ -334,7 +335,7 @@ def select(
             callback=candidates_callback(),
         ),
     ],
-    tasks: TasksOption = ALL_TASKS,
+    tasks: TasksOption = DEV_TASKS,
     skip: Annotated[
         int, typer.Option(min=0, help="Skip this many train examples (those profiled).")
     ] = 8,

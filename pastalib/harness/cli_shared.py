@@ -23,6 +23,7 @@ from pastalib.harness.tasks import SPLITS  # noqa: E402
 __all__ = [
     "ALL_TASKS",
     "DEFAULT_HEADS",
+    "DEV_TASKS",
     "EXAMPLE",
     "AlphaOption",
     "BatchOption",
@@ -55,6 +56,8 @@ EXAMPLE = (
     "What is Bob's job? Answer in one sentence."
 )
 ALL_TASKS = "json_format,pronoun_change,knowledge_conflict,format_constraints"
+DEV_TASKS = f"{ALL_TASKS},indep_json,indep_pronoun,indep_format,indep_conflict"
+"""`pasta select`'s default: a mixture, so a choice is not fitted to one generator's layout."""
 
 
 def checked(check: Callable[[Any, str], object]) -> Callable[..., Any]:
