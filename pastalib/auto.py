@@ -18,6 +18,7 @@ this code, and the picked spans index into the context exactly as given.
 
 from __future__ import annotations
 
+import itertools
 import re
 import string
 from collections.abc import Sequence
@@ -123,7 +124,8 @@ def pick_key_spans(
 
     Raises:
         ParameterError: ``k`` not an integer >= 1, an unknown method, or an empty question.
-        SpanError: A unit is malformed, overlaps another or lies outside ``context``.
+        SpanError: A unit is malformed, overlaps another or lies outside ``context``
+            (units may touch).
     """
     if k is None:  # check_number lets None through (it means "the default" elsewhere)
         raise ParameterError("k must be an integer >= 1, got None.")
@@ -144,15 +146,17 @@ def _check(context: str, question: str, units: Sequence[Span], method: str) -> l
         raise ParameterError(f"context must be a string, got {type(context).__name__}.")
     if not isinstance(question, str) or not question.strip():
         raise ParameterError(f"question must be a non-empty string, got {question!r}.")
-    merged = normalize_spans(units, len(context))
-    if len(merged) != len(units):
-        raise SpanError("units must not overlap or touch; give each unit once.")
+    checked = [normalize_spans([unit], len(context))[0] for unit in units]
+    ordered = sorted(checked)
+    for (_, end), (start, _) in itertools.pairwise(ordered):
+        if start < end:  # touching units are fine (documents joined with no separator)
+            raise SpanError(f"units must not overlap; {ordered} has an overlap at {start}.")
     if method == "self_prompt" and len(units) > MAX_SELF_PROMPT_UNITS:
         raise ParameterError(
             f"method='self_prompt' ranks at most {MAX_SELF_PROMPT_UNITS} units, got "
             f"{len(units)}; use method='likelihood' for longer contexts."
         )
-    return [(int(start), int(end)) for start, end in units]
+    return checked
 
 
 def _likelihood_scores(

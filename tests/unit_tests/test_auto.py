@@ -132,10 +132,18 @@ def test_bad_method_question_or_context_raises(model, tokenizer) -> None:  # typ
         pick_key_spans(model, tokenizer, None, QUESTION)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("units", [[(0, 10), (5, 20)], [(0, 10), (10, 20)], [(0, 500)], [(5, 2)]])
+@pytest.mark.parametrize("units", [[(0, 10), (5, 20)], [(5, 20), (0, 10)], [(0, 500)], [(5, 2)]])
 def test_bad_units_raise_span_error(model, tokenizer, units: list[tuple[int, int]]) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SpanError):
         pick_key_spans(model, tokenizer, CONTEXT, QUESTION, units=units)
+
+
+def test_touching_units_are_ranked_separately(model, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    units = [(0, 10), (10, 25), (25, 40)]  # e.g. documents joined with no separator
+    scores = score_units(model, tokenizer, CONTEXT, QUESTION, units)
+    assert len(scores) == 3
+    best = max(range(3), key=lambda i: (scores[i], -i))
+    assert pick_key_spans(model, tokenizer, CONTEXT, QUESTION, units=units) == [units[best]]
 
 
 def test_self_prompt_ranks_at_most_26_units(model, tokenizer) -> None:  # type: ignore[no-untyped-def]
