@@ -491,7 +491,12 @@ class ChatPasta(PastaParams, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        call = self._prepare_call(messages, stop, kwargs)
+        # With tools, preparing runs the model (the tool-use decision): keep it off the loop.
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        call = await loop.run_in_executor(
+            None, context.run, self._prepare_call, messages, stop, kwargs
+        )
         builder = _ChunkBuilder(call)
         async for delta in self.engine.astream(call.request):
             chunk = builder.feed(delta.text, delta.output)

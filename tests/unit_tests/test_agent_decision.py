@@ -4,8 +4,10 @@ the ChatPasta hook on a tiny random model."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -380,3 +382,28 @@ def test_chat_tool_result_then_answer_and_none(
     # The random model's integers may run past the budget: check the grammar, not the args.
     assert spy.requests[2].grammar == tool_call_grammar([convert_to_openai_tool(add)])
     assert [c["name"] for c in forced.tool_calls] in (["add"], [])
+
+
+def test_chat_astream_decides_off_the_event_loop(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chat, fake, _ = chat_with_scores(model, tokenizer, monkeypatch, {"weather": 9, "add": 0})
+    threads: list[threading.Thread] = []
+    score = fake.__call__
+
+    def recording(request: str, specs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        threads.append(threading.current_thread())
+        return score(request, specs)
+
+    monkeypatch.setattr(fake, "__call__", recording)
+    monkeypatch.setattr(chat_models, "LikelihoodToolScorer", lambda pasta: recording)
+
+    async def run() -> tuple[threading.Thread, list[Any]]:
+        bound = chat.bind_tools([weather, add])
+        chunks = [chunk async for chunk in bound.astream([HumanMessage("Weather in Oslo?")])]
+        return threading.current_thread(), chunks
+
+    loop_thread, chunks = asyncio.run(run())
+    assert fake.requests == ["Weather in Oslo?"] and len(threads) == 1
+    assert threads[0] is not loop_thread  # the model-running decision left the loop free
+    assert sum(chunks[1:], chunks[0]).tool_calls[0]["name"] == "weather"
