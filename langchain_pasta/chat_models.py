@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from operator import itemgetter
-from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -59,11 +58,6 @@ from pastalib.tools import (
 
 __all__ = ["ChatPasta", "ChatTemplateError"]
 
-# Outputs of the batched generate call for the inputs of the running ``batch``/``abatch``.
-_BATCH_OUTPUTS: ContextVar[Mapping[Any, GenerationOutput]] = ContextVar(
-    "pasta_batch_outputs", default=MappingProxyType({})
-)
-
 
 @dataclass
 class _Call:
@@ -72,6 +66,23 @@ class _Call:
     request: GenerationRequest
     parse_tools: bool
     model_name: str
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What the running ``batch``/``abatch`` computed for its inputs, for their ``invoke``.
+
+    Attributes:
+        calls: Each input's prepared call, by :func:`_input_key` (the tool-use decision runs
+            the model: once per input, not again in its ``invoke``).
+        outputs: The batched generate call's outputs, by :func:`_batch_key`.
+    """
+
+    calls: Mapping[str, _Call]
+    outputs: Mapping[Any, GenerationOutput]
+
+
+_BATCH: ContextVar[_Batch | None] = ContextVar("pasta_batch", default=None)
 
 
 @dataclass
@@ -392,36 +403,37 @@ class ChatPasta(PastaParams, BaseChatModel):
         """Async :meth:`batch`: one batched ``generate`` call, run in an executor."""
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        outputs = await loop.run_in_executor(None, context.run, self._batch_outputs, inputs, kwargs)
-        token = _BATCH_OUTPUTS.set(outputs)
+        batch = await loop.run_in_executor(None, context.run, self._run_batch, inputs, kwargs)
+        token = _BATCH.set(batch)
         try:
             return await super().abatch(
                 inputs, config, return_exceptions=return_exceptions, **kwargs
             )
         finally:
-            _BATCH_OUTPUTS.reset(token)
+            _BATCH.reset(token)
 
     @contextlib.contextmanager
     def _batched(self, inputs: list[LanguageModelInput], kwargs: dict[str, Any]) -> Iterator[None]:
-        token = _BATCH_OUTPUTS.set(self._batch_outputs(inputs, kwargs))
+        token = _BATCH.set(self._run_batch(inputs, kwargs))
         try:
             yield
         finally:
-            _BATCH_OUTPUTS.reset(token)
+            _BATCH.reset(token)
 
-    def _batch_outputs(
-        self, inputs: list[LanguageModelInput], kwargs: dict[str, Any]
-    ) -> dict[Any, GenerationOutput]:
-        """Generates every input's output, grouping rows that share an output grammar."""
+    def _run_batch(self, inputs: list[LanguageModelInput], kwargs: dict[str, Any]) -> _Batch | None:
+        """Prepares every input and generates their outputs, one call per output grammar."""
         if len(inputs) < 2:
-            return {}
+            return None
+        prepared: dict[str, _Call] = {}
         try:
-            calls = [
-                self._prepare_call(self._convert_input(item).to_messages(), None, dict(kwargs))
-                for item in inputs
-            ]
+            for item in inputs:
+                messages = self._convert_input(item).to_messages()
+                key = _input_key(messages, None, kwargs)
+                if key not in prepared:  # a repeated input is prepared (and decided) once
+                    prepared[key] = self._prepare_call(messages, None, dict(kwargs))
         except Exception:  # the input's own invoke reports it, like an unbatched call
-            return {}
+            return None
+        calls = list(prepared.values())
         groups: dict[Any, list[_Call]] = {}
         for call in calls:
             groups.setdefault(call.request.grammar, []).append(call)
@@ -435,7 +447,7 @@ class ChatPasta(PastaParams, BaseChatModel):
                 spans=[call.request.spans[0] for call in unique.values()],
             )
             outputs.update(zip(unique, self.engine.generate(request), strict=True))
-        return outputs
+        return _Batch(prepared, outputs)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -446,8 +458,11 @@ class ChatPasta(PastaParams, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        call = self._prepare_call(messages, stop, kwargs)
-        output = _BATCH_OUTPUTS.get().get(_batch_key(call)) or self.engine.generate(call.request)[0]
+        batch = _BATCH.get()
+        call = batch.calls.get(_input_key(messages, stop, kwargs)) if batch else None
+        call = call or self._prepare_call(messages, stop, kwargs)
+        output = batch.outputs.get(_batch_key(call)) if batch else None
+        output = output or self.engine.generate(call.request)[0]
         content, calls, invalid = (
             parse_tool_calls(output.text) if call.parse_tools else (output.text, [], [])
         )
@@ -597,6 +612,12 @@ class ChatPasta(PastaParams, BaseChatModel):
             add_generation_prompt=add_generation_prompt,
             **self.chat_template_kwargs,
         )
+
+
+def _input_key(messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: Any) -> str:
+    """One input's identity inside a batch: its messages, stop strings and call options."""
+    dumped = [message.model_dump(mode="json") for message in messages]
+    return json.dumps([dumped, stop, kwargs], sort_keys=True, default=repr)
 
 
 def _batch_key(call: _Call) -> tuple[Any, ...]:

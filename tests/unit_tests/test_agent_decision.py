@@ -407,3 +407,16 @@ def test_chat_astream_decides_off_the_event_loop(
     assert fake.requests == ["Weather in Oslo?"] and len(threads) == 1
     assert threads[0] is not loop_thread  # the model-running decision left the loop free
     assert sum(chunks[1:], chunks[0]).tool_calls[0]["name"] == "weather"
+
+
+def test_chat_batch_with_tools_decides_once_per_input(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chat, fake, spy = chat_with_scores(model, tokenizer, monkeypatch, {"weather": 9, "add": 0})
+    bound = chat.bind_tools([weather, add])
+    questions = ["Weather in Oslo?", "Weather in Rome?", "Weather in Oslo?"]
+    results = bound.batch([[HumanMessage(q)] for q in questions])
+    # One decision per distinct input, none again in each input's invoke.
+    assert sorted(fake.requests) == ["Weather in Oslo?", "Weather in Rome?"]
+    assert len(spy.requests) == 1 and len(spy.requests[0].texts) == 2  # one batched call
+    assert [r.tool_calls[0]["name"] for r in results] == ["weather"] * 3
