@@ -40,6 +40,7 @@ __all__ = [
     "find_shipped_head_config",
     "head_config_metadata",
     "heuristic_head_config",
+    "is_layer_range",
     "load_head_config",
     "model_dimensions",
     "model_fingerprint",
@@ -263,6 +264,11 @@ def _read_document(text: str) -> tuple[Any, Path] | None:
         return json.loads(path.read_text(encoding="utf-8")), path
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise _fail(f"{path} is not a readable JSON file: {error}") from error
+
+
+def is_layer_range(spec: str) -> bool:
+    """Whether ``spec`` is a layer range ``"layers:FIRST-LAST"`` (no ``@ALPHA``)."""
+    return _LAYER_RANGE.fullmatch(spec) is not None
 
 
 def split_alpha(spec: str) -> tuple[str, float | None]:

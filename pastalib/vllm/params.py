@@ -7,8 +7,9 @@ Accepted fields (every one optional):
 * ``alpha`` (float > 0), ``scale_position`` (``"exclude"`` / ``"include"``),
   ``decode_steps`` (int >= 0 or null): as in :class:`pastalib.PASTA`; defaults are the
   server's.
-* ``head_config``: a shipped config name, a layer range ``"layers:A-B"``, ``{layer: [heads]}``
-  or a list of layers. File paths are refused: a request must not read the server's files.
+* ``head_config``: a shipped config name or a layer range ``"layers:A-B"`` (either optionally
+  ``@ALPHA``: the alpha unless the request gives ``alpha``), ``{layer: [heads]}`` or a list of
+  layers. File paths are refused: a request must not read the server's files.
 * ``spans``: ``[[start, end], ...]`` character spans over a raw prompt.
 * ``substrings``: emphasized texts, each a string or ``{"text": ..., "occurrence": k}``
   (``-1``: the last), located in the prompt as vLLM rendered it.
@@ -35,7 +36,13 @@ from typing import Any
 import torch
 
 from pastalib.errors import HeadConfigError, ParameterError, SpanError
-from pastalib.heads import LayerHeads, load_head_config, resolve_head_config
+from pastalib.heads import (
+    LayerHeads,
+    is_layer_range,
+    load_head_config,
+    parse_head_config,
+    resolve_head_config,
+)
 from pastalib.spans import (
     Span,
     find_substring_span,
@@ -253,17 +260,27 @@ def _check_head_config(value: Any) -> None:
     if value is None or isinstance(value, (Mapping, list)):
         return
     if isinstance(value, str):
-        if value.startswith("layers:"):
-            return
         from pastalib.heads import shipped_head_configs
 
-        if value in shipped_head_configs():
-            return
-        raise ParameterError(
-            f"pasta.head_config {value!r} is neither a shipped config "
-            f"({sorted(shipped_head_configs())}) nor a layer range 'layers:A-B'; a request "
-            "cannot name a file on the server."
-        )
+        # Split HEADS@ALPHA here, not in heads.split_alpha: that one looks for a file first.
+        heads, at, alpha = value.rpartition("@") if "@" in value else (value, "", "")
+        if not (is_layer_range(heads) or heads in shipped_head_configs()):
+            raise ParameterError(
+                f"pasta.head_config {value!r} is neither a shipped config "
+                f"({sorted(shipped_head_configs())}) nor a layer range 'layers:A-B', optionally "
+                "with @ALPHA; a request cannot name a file on the server."
+            )
+        if at:
+            try:
+                number = float(alpha)
+            except ValueError:
+                number = math.nan
+            if not (math.isfinite(number) and number > 0):
+                raise ParameterError(
+                    f"pasta.head_config {value!r}: the alpha after '@' must be a finite number "
+                    f"> 0, got {alpha!r}."
+                )
+        return
     raise ParameterError(
         "pasta.head_config must be a shipped config name, 'layers:A-B', {layer: [heads]} or a "
         f"list of layers, got {type(value).__name__}."
@@ -346,11 +363,18 @@ def resolve(
     heads = defaults.head_config
     if request.head_config is not None:
         try:
-            heads = resolve_heads(request.head_config, num_layers, num_heads)
+            config = parse_head_config(request.head_config, num_layers, num_heads)
         except HeadConfigError as error:
             # heads' messages start "head_config: "; name the request field instead.
             detail = str(error).removeprefix("head_config: ")
             raise HeadConfigError(f"pasta.head_config: {detail}") from None
+        heads = config.layer_heads()
+        # As in process: the request's own alpha/decode_steps, else the config's, else the
+        # server's.
+        if request.alpha is None and config.alpha is not None:
+            alpha = config.alpha
+        if not request.decode_steps_set and config.decode_steps is not None:
+            decode_steps = config.decode_steps
     length = len(token_ids)
     emphasis = torch.zeros(1, length, dtype=torch.bool)
     for start, end in request.token_spans:

@@ -176,6 +176,10 @@ def test_cache_salt_separates_emphases(tokenizer: Any) -> None:
         ({"messages": [{"content": "hi", "spans": [[0, 9]]}]}, SpanError, r"pasta.messages\[0\]"),
         ({"head_config": "../secrets.json"}, ParameterError, "pasta.head_config"),
         ({"head_config": 3}, ParameterError, "pasta.head_config"),
+        ({"head_config": "layers:18-29@0"}, ParameterError, "alpha after '@'"),
+        ({"head_config": "layers:18-29@nan"}, ParameterError, "alpha after '@'"),
+        ({"head_config": "layers:x@0.3"}, ParameterError, "layer range"),
+        ({"head_config": "../secrets.json@0.3"}, ParameterError, "cannot name a file"),
         ({"extra": 1}, ParameterError, "Unknown pasta field"),
     ],
 )
@@ -197,6 +201,26 @@ def test_resolution_errors_name_the_field(tokenizer: Any) -> None:
         resolve(
             parse({"spans": [[0, 5]], "head_config": {"3": [9]}}), ids, tokenizer, DEFAULTS, 30, 9
         )
+
+
+@pytest.mark.parametrize(
+    ("head_config", "extra", "heads", "alpha"),
+    [
+        ("layers:18-19@0.3", {}, {18: list(range(9)), 19: list(range(9))}, 0.3),
+        ("layers:18-19@0.3", {"alpha": 0.05}, {18: list(range(9)), 19: list(range(9))}, 0.05),
+        ("layers:18-19", {}, {18: list(range(9)), 19: list(range(9))}, 0.2),  # the server's
+        ("smollm2-135m-instruct@0.5", {}, {n: list(range(9)) for n in range(18, 30)}, 0.5),
+        ("smollm2-135m-instruct", {}, {n: list(range(9)) for n in range(18, 30)}, 0.2),
+    ],
+)
+def test_request_head_config_with_alpha_resolves_like_in_process(
+    tokenizer: Any, head_config: str, extra: dict[str, Any], heads: Any, alpha: float
+) -> None:
+    ids = tokenizer("Answer in French. What is the capital of Italy?")["input_ids"]
+    request = parse({"spans": [[0, 17]], "head_config": head_config, **extra})
+    resolved = resolve(request, ids, tokenizer, ServerDefaults(head_config=HEADS, alpha=0.2), 30, 9)
+    assert resolved.heads == heads
+    assert resolved.log_alpha == pytest.approx(math.log(alpha))
 
 
 def test_resolved_round_trip() -> None:
