@@ -63,6 +63,7 @@ _LANGCHAIN_KEYS = (
     "tools",
     "tool_choice",
     "emphasize_tools",
+    "tool_call_threshold",
     "response_format",
     "ls_structured_output_format",
     "parallel_tool_calls",

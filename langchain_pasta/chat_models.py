@@ -32,12 +32,13 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, Runn
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import Field
+from pydantic import Field, field_validator
 from typing_extensions import override
 
 from langchain_pasta._base import MODEL_CONFIG, PastaParams
 from langchain_pasta._messages import convert_message
 from pastalib.agent import (
+    DEFAULT_THRESHOLD,
     MARKUP_STOPS,
     LikelihoodToolScorer,
     answer_grammar,
@@ -46,7 +47,12 @@ from pastalib.agent import (
 )
 from pastalib.chat import render_conversation
 from pastalib.errors import ChatTemplateError, ParameterError
-from pastalib.generation import GenerationOutput, GenerationRequest, StopBuffer
+from pastalib.generation import (
+    GenerationOutput,
+    GenerationRequest,
+    StopBuffer,
+    check_numeric_options,
+)
 from pastalib.grammar import check_json_schema, compile_grammar, json_schema_grammar
 from pastalib.spans import Span
 from pastalib.tools import (
@@ -243,6 +249,17 @@ class ChatPasta(PastaParams, BaseChatModel):
 
     emphasize_tools: bool | list[str] = False
     """Emphasize the descriptions of all bound tools (``True``) or of the named ones."""
+
+    tool_call_threshold: float = DEFAULT_THRESHOLD
+    """With ``tool_choice="auto"``, call the best tool when the model's likelihood margin for it
+    (in nats, see :mod:`pastalib.agent`) reaches this; lower calls tools more often. Also a
+    ``bind``/call option. The default was calibrated on the embedded model."""
+
+    @field_validator("tool_call_threshold", mode="after")
+    @classmethod
+    def _finite_threshold(cls, value: float) -> float:
+        check_numeric_options({"tool_call_threshold": value})
+        return value
 
     model_config = MODEL_CONFIG
     _ls_model_type: ClassVar[str] = "chat"
@@ -537,6 +554,7 @@ class ChatPasta(PastaParams, BaseChatModel):
                 tools,
                 tool_choice=tool_choice,
                 scorer=LikelihoodToolScorer(self.engine.pasta),
+                threshold=kwargs.get("tool_call_threshold", self.tool_call_threshold),
             )
         answering = tool_choice == "none" or (decision is not None and decision.action == "answer")
         shown = [] if answering else tools

@@ -201,6 +201,7 @@ NUMERIC_OPTIONS: dict[str, tuple[str, Any, bool]] = {
     "decode_steps": (">= 0", lambda v: v >= 0, True),
     "alpha": ("> 0", lambda v: v > 0, False),
     "target": ("in (0, 1)", lambda v: 0 < v < 1, False),
+    "tool_call_threshold": ("(a margin in nats)", lambda v: True, False),
 }
 
 

@@ -420,3 +420,23 @@ def test_chat_batch_with_tools_decides_once_per_input(
     assert sorted(fake.requests) == ["Weather in Oslo?", "Weather in Rome?"]
     assert len(spy.requests) == 1 and len(spy.requests[0].texts) == 2  # one batched call
     assert [r.tool_calls[0]["name"] for r in results] == ["weather"] * 3
+
+
+def test_tool_call_threshold_is_a_field_and_a_call_option(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A margin of 1 nat: below the default threshold (3.2), so the default answers.
+    chat, _, _ = chat_with_scores(model, tokenizer, monkeypatch, {"weather": 1, "add": 0})
+    question = [HumanMessage("Weather in Oslo?")]
+    assert chat.bind_tools([weather, add]).invoke(question).tool_calls == []
+    low = chat.model_copy(update={"tool_call_threshold": 0.5})
+    assert [c["name"] for c in low.bind_tools([weather, add]).invoke(question).tool_calls] == [
+        "weather"
+    ]
+    bound = chat.bind_tools([weather, add]).bind(tool_call_threshold=0.5)
+    assert [c["name"] for c in bound.invoke(question).tool_calls] == ["weather"]
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ParameterError, match="tool_call_threshold"):
+            ChatPasta(model=model, tokenizer=tokenizer, head_config=[0], tool_call_threshold=bad)
+        with pytest.raises(ParameterError, match="tool_call_threshold"):
+            chat.bind_tools([weather]).invoke(question, tool_call_threshold=bad)
