@@ -29,13 +29,12 @@ from typing import Any
 from pastalib.auto import AUTO_METHODS, pick_key_spans
 from pastalib.errors import ParameterError
 from pastalib.generation import check_number
-from pastalib.harness.evaluation import render_prompt, summarize
+from pastalib.harness.evaluation import output_record, render_prompt, summarize
 from pastalib.harness.tasks import (
     SPLITS,
     KeyFactExample,
     generate_key_fact,
     prompt_only_baseline,
-    score_key_fact,
 )
 from pastalib.heads import HeadConfigSpec
 from pastalib.pasta import PASTA
@@ -207,19 +206,7 @@ def auto_evaluate(
             if progress is not None:
                 progress(len(batch))
         for i, (ex, output) in enumerate(zip(examples, outputs, strict=True)):
-            verdict = score_key_fact(ex, output)
-            record: dict[str, Any] = {
-                "task": "key_fact",
-                "kind": ex.kind,
-                "uid": ex.uid,
-                "condition": name,
-                "output": output,
-                "strict": verdict.strict,
-                "lenient": verdict.lenient,
-                "degenerate": verdict.degenerate,
-                "strict_ok": verdict.strict_ok,
-                "lenient_ok": verdict.lenient_ok,
-            }
+            record = output_record(ex, name, output)
             if name.startswith("auto:"):
                 picked = picks[name.removeprefix("auto:")][i]
                 record["picked"] = [list(span) for span in picked]

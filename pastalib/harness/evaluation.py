@@ -46,6 +46,7 @@ __all__ = [
     "evaluate",
     "grammar_conditions",
     "markdown_table",
+    "output_record",
     "render_prompt",
     "results_table",
     "run_condition",
@@ -221,6 +222,24 @@ def _task_grammar(tasks: set[str]) -> str:
     return json_schema_grammar(OUTPUT_SCHEMAS[task])
 
 
+def output_record(example: TaskExample, condition: str, output: str) -> dict[str, Any]:
+    """One scored output: which example and condition, the text, and every verdict."""
+    verdict = score_any(example, output)
+    return {
+        "task": example.task,
+        "kind": example.kind,
+        "uid": example.uid,
+        **({"key": example.key} if hasattr(example, "key") else {}),
+        "condition": condition,
+        "output": output,
+        "strict": verdict.strict,
+        "lenient": verdict.lenient,
+        "degenerate": verdict.degenerate,
+        "strict_ok": verdict.strict_ok,
+        "lenient_ok": verdict.lenient_ok,
+    }
+
+
 def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     """Rates of every metric over score records, plus their count ``n``."""
     rows = list(records)
@@ -284,23 +303,10 @@ def evaluate(
                 chat=chat,
                 progress=progress,
             )
-            for example, output in zip(examples, outputs, strict=True):
-                verdict = score_any(example, output)
-                records.append(
-                    {
-                        "task": task,
-                        "kind": example.kind,
-                        "uid": example.uid,
-                        **({"key": example.key} if hasattr(example, "key") else {}),
-                        "condition": condition.name,
-                        "output": output,
-                        "strict": verdict.strict,
-                        "lenient": verdict.lenient,
-                        "degenerate": verdict.degenerate,
-                        "strict_ok": verdict.strict_ok,
-                        "lenient_ok": verdict.lenient_ok,
-                    }
-                )
+            records += [
+                output_record(example, condition.name, output)
+                for example, output in zip(examples, outputs, strict=True)
+            ]
     per_task = {
         task: {
             name: summarize(r for r in records if r["task"] == task and r["condition"] == name)
