@@ -137,3 +137,20 @@ def test_eval_reports_the_official_rates(tokenizer, monkeypatch: pytest.MonkeyPa
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and message in result.stderr, (args, result.stderr)
+
+
+def test_cli_check_imports_the_checkers_offline_without_spacy() -> None:
+    """`pasta eval --tasks ifbench` checks the extra through the offline import, in a fresh
+    interpreter where spaCy cannot be imported (a bare import of the checkers needs it)."""
+    import subprocess
+
+    code = (
+        "import sys; sys.modules['spacy'] = None\n"
+        "from pastalib.harness.cli_research import _check_ifbench\n"
+        "_check_ifbench('test', 1)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
