@@ -23,7 +23,7 @@ from langchain_pasta.prompt_values import EmphasizedPromptValue
 from pastalib.auto import AUTO_METHODS, AutoMethod, pick_key_spans, split_sentences
 from pastalib.errors import ParameterError, ParameterTypeError
 from pastalib.generation import check_number
-from pastalib.spans import Span
+from pastalib.spans import Span, shift_spans
 
 __all__ = ["UNITS", "AutoEmphasis", "Unit"]
 
@@ -277,7 +277,7 @@ class AutoEmphasis(RunnableSerializable[dict[str, Any], dict[str, Any]]):
         start = 0
         for piece in texts:
             if self.unit == "sentence":
-                units += [(start + s, start + e) for s, e in split_sentences(piece)]
+                units += shift_spans(split_sentences(piece), start)
             else:
                 units += _trimmed(piece, start)
             start += len(piece) + len(self.document_separator)
