@@ -21,7 +21,11 @@ from rich.table import Table  # noqa: E402
 from pastalib.auto import AUTO_METHODS  # noqa: E402
 from pastalib.errors import ParameterError  # noqa: E402
 from pastalib.harness import checks  # noqa: E402
-from pastalib.harness.cli_research import TargetOption, _progress  # noqa: E402
+from pastalib.harness.cli_research import (  # noqa: E402
+    TargetOption,
+    _progress,
+    check_boost_alpha,
+)
 from pastalib.harness.cli_shared import (  # noqa: E402
     DEFAULT_HEADS,
     AlphaOption,
@@ -40,7 +44,7 @@ from pastalib.harness.cli_shared import (  # noqa: E402
     output_option,
     set_threads,
 )
-from pastalib.steering import MECHANISMS, boost_factor  # noqa: E402
+from pastalib.steering import MECHANISMS  # noqa: E402
 
 __all__ = ["auto_eval_command"]
 
@@ -102,10 +106,7 @@ def auto_eval_command(
 
     heads, scale, steps = selection.resolve_settings(head_config, alpha, decode_steps)
     if mechanism == "boost":
-        try:
-            boost_factor(scale, "exclude")
-        except ParameterError as error:
-            raise ParameterError(f"--mechanism boost at --alpha {scale:g}: {error}") from error
+        check_boost_alpha(scale)
     set_threads(threads)
     loaded_model, tokenizer = load(model)
     pasta = PASTA(loaded_model, tokenizer, heads, alpha=scale)

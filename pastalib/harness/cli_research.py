@@ -80,6 +80,14 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda done: bar.advance(job, done)
 
 
+def check_boost_alpha(scale: float) -> None:
+    """Refuses an alpha that gives boost no emphasis (beta = 1/alpha must exceed 1)."""
+    try:
+        boost_factor(scale, "exclude")
+    except ParameterError as error:
+        raise ParameterError(f"--mechanism boost at --alpha {scale:g}: {error}") from error
+
+
 def _check_ifbench(split: str, limit: int) -> None:
     """IFBench runs on its test split, within its usable prompts, with its extra installed."""
     require("ifbench", "ifbench")
@@ -273,10 +281,7 @@ def evaluate_command(
         _check_ifbench(split, limit)
     heads, scale, steps = selection.resolve_settings(head_config, alpha, decode_steps)
     if "boost" in mechanisms:
-        try:
-            boost_factor(scale, "exclude")
-        except ParameterError as error:
-            raise ParameterError(f"--mechanism boost at --alpha {scale:g}: {error}") from error
+        check_boost_alpha(scale)
     set_threads(threads)
     loaded_model, tokenizer = load(model)
     if candidates:  # the steerer needs heads that fit the model: a candidate's, like select
