@@ -29,7 +29,7 @@ from typing import Any
 from pastalib.auto import AUTO_METHODS, pick_key_spans
 from pastalib.errors import ParameterError
 from pastalib.generation import check_number
-from pastalib.harness.evaluation import output_record, render_prompt, summarize
+from pastalib.harness.evaluation import output_record, rates_by, render_prompt, summarize
 from pastalib.harness.tasks import (
     SPLITS,
     KeyFactExample,
@@ -214,13 +214,7 @@ def auto_evaluate(
             records.append(record)
     rates = {name: summarize(r for r in records if r["condition"] == name) for name in names}
     positions = sorted({ex.kind for ex in examples}, key=["early", "middle", "late"].index)
-    by_position = {
-        position: {
-            name: summarize(r for r in records if r["condition"] == name and r["kind"] == position)
-            for name in names
-        }
-        for position in positions
-    }
+    by_position = rates_by(records, "kind", positions, names)
     pick_accuracy = {
         method: sum(r["pick_hit"] for r in records if r["condition"] == f"auto:{method}")
         / len(examples)

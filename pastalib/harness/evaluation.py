@@ -47,6 +47,7 @@ __all__ = [
     "grammar_conditions",
     "markdown_table",
     "output_record",
+    "rates_by",
     "render_prompt",
     "results_table",
     "run_condition",
@@ -249,6 +250,19 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     return summary
 
 
+def rates_by(
+    records: Sequence[Mapping[str, Any]], field: str, values: Iterable[str], names: Sequence[str]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{value: {condition: rates}}`` over the records whose ``field`` is each value."""
+    return {
+        value: {
+            name: summarize(r for r in records if r[field] == value and r["condition"] == name)
+            for name in names
+        }
+        for value in values
+    }
+
+
 def evaluate(
     pasta: PASTA,
     tasks: Sequence[str],
@@ -307,13 +321,7 @@ def evaluate(
                 output_record(example, condition.name, output)
                 for example, output in zip(examples, outputs, strict=True)
             ]
-    per_task = {
-        task: {
-            name: summarize(r for r in records if r["task"] == task and r["condition"] == name)
-            for name in names
-        }
-        for task in tasks
-    }
+    per_task = rates_by(records, "task", tasks, names)
     overall = {
         name: {
             "n": sum(per_task[task][name]["n"] for task in tasks),
