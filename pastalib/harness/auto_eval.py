@@ -29,7 +29,14 @@ from typing import Any
 from pastalib.auto import AUTO_METHODS, pick_key_spans
 from pastalib.errors import ParameterError
 from pastalib.generation import check_number
-from pastalib.harness.evaluation import output_record, rates_by, render_prompt, summarize
+from pastalib.harness.evaluation import (
+    Condition,
+    output_record,
+    rates_by,
+    render_prompt,
+    run_prompts,
+    summarize,
+)
 from pastalib.harness.tasks import (
     SPLITS,
     KeyFactExample,
@@ -77,6 +84,15 @@ def _key_span(example: KeyFactExample) -> Span:
     """The key sentence's span in the context."""
     start = example.context.index(example.emphasized[0])
     return start, start + len(example.emphasized[0])
+
+
+def _mean_prompt_tokens(pasta: PASTA, examples: Sequence[KeyFactExample], chat: bool) -> float:
+    """Mean token count of the rendered unsteered prompts."""
+    counts = [
+        len(pasta.tokenizer(render_prompt(pasta.tokenizer, ex.prompt, [], chat)[0])["input_ids"])
+        for ex in examples
+    ]
+    return round(sum(counts) / len(counts), 1)
 
 
 def _is_restated(name: str) -> bool:
@@ -178,33 +194,32 @@ def auto_evaluate(
 
     names = auto_conditions(methods, prompt_only)
     records: list[dict[str, Any]] = []
-    prompt_tokens: list[int] = []
     for name in names:
-        outputs: list[str] = []
-        for begin in range(0, len(examples), batch_size):
-            batch = list(enumerate(examples))[begin : begin + batch_size]
-            texts: list[str] = []
-            spans: list[list[Span]] = []
-            for i, ex in batch:
-                content = _restated(ex, picks, i, name) if _is_restated(name) else ex.prompt
-                text, rendered = render_prompt(pasta.tokenizer, content, steered(name, i, ex), chat)
-                texts.append(text)
-                spans.append(rendered)
-                if name == "unsteered":
-                    prompt_tokens.append(len(pasta.tokenizer(text)["input_ids"]))
-            outputs += pasta.generate(
-                texts,
-                None if name == "unsteered" or _is_restated(name) else spans,
-                max_new_tokens=max_new_tokens,
-                mechanism=mechanism,
-                alpha=alpha,
-                head_config=head_config,
-                decode_steps=decode_steps,
-                target=target,
-                allow_incomplete=True,  # a cut-off answer is scored, not raised
+        prompts = [
+            (
+                _restated(ex, picks, i, name) if _is_restated(name) else ex.prompt,
+                steered(name, i, ex),
             )
-            if progress is not None:
-                progress(len(batch))
+            for i, ex in enumerate(examples)
+        ]
+        condition = Condition(
+            name,
+            steer=name != "unsteered" and not _is_restated(name),
+            head_config=head_config,
+            alpha=alpha,
+            decode_steps=decode_steps,
+            mechanism=mechanism or pasta.mechanism,
+            target=target,
+        )
+        outputs = run_prompts(
+            pasta,
+            prompts,
+            condition,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            chat=chat,
+            progress=progress,
+        )
         for i, (ex, output) in enumerate(zip(examples, outputs, strict=True)):
             record = output_record(ex, name, output)
             if name.startswith("auto:"):
@@ -235,7 +250,7 @@ def auto_evaluate(
             "alpha": pasta.alpha if alpha is None else alpha,
             "decode_steps": decode_steps,
             "conditions": [{"name": name} for name in names],
-            "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens), 1),
+            "prompt_tokens_mean": _mean_prompt_tokens(pasta, examples, chat),
             "pick_seconds": pick_seconds,
             "seconds": round(time.perf_counter() - started, 1),
         },

@@ -51,6 +51,7 @@ __all__ = [
     "render_prompt",
     "results_table",
     "run_condition",
+    "run_prompts",
     "standard_conditions",
     "summarize",
     "write_results",
@@ -181,20 +182,48 @@ def run_condition(
             examples of several tasks.
     """
     grammar = _task_grammar({example.task for example in examples}) if condition.grammar else None
+    prompts = [
+        (prompt_only_baseline(example) if condition.prompt_only else example.prompt, example.spans)
+        for example in examples
+    ]
+    return run_prompts(
+        pasta,
+        prompts,
+        condition,
+        grammar=grammar,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        chat=chat,
+        progress=progress,
+    )
+
+
+def run_prompts(
+    pasta: PASTA,
+    prompts: Sequence[tuple[str, Sequence[Span]]],
+    condition: Condition,
+    *,
+    grammar: str | None = None,
+    max_new_tokens: int = 40,
+    batch_size: int = 8,
+    chat: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Generates one output per ``(content, spans)`` user message (greedy, batched).
+
+    Each message is rendered by :func:`render_prompt`; its spans are steered when
+    ``condition.steer``, with the condition's settings.
+    """
     outputs: list[str] = []
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start : start + batch_size]
-        texts: list[str] = []
-        spans: list[list[Span]] = []
-        for example in batch:
-            content = prompt_only_baseline(example) if condition.prompt_only else example.prompt
-            text, text_spans = render_prompt(pasta.tokenizer, content, example.spans, chat)
-            texts.append(text)
-            spans.append(text_spans)
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        rendered = [
+            render_prompt(pasta.tokenizer, content, spans, chat) for content, spans in batch
+        ]
         outputs.extend(
             pasta.generate(
-                texts,
-                spans if condition.steer else None,
+                [text for text, _ in rendered],
+                [text_spans for _, text_spans in rendered] if condition.steer else None,
                 max_new_tokens=max_new_tokens,
                 alpha=condition.alpha,
                 head_config=condition.head_config,
