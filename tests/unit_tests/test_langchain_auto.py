@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-import torch
 from langchain_core.documents import Document
 from langchain_core.load import dumpd
 from langchain_core.messages import AIMessage
@@ -34,11 +33,15 @@ from langchain_pasta import (
 )
 from pastalib.auto import AutoMethod, pick_key_spans
 from pastalib.errors import ParameterError, ParameterTypeError, PastaError
-from tests.tiny import tiny_model
-from tests.unit_tests.test_chat_models import chat_tokenizer, make_chat, render_expected
+from tests.unit_tests.test_chat_models import (
+    make_chat,
+    model,
+    render_expected,
+    tokenizer,
+)
 from tests.unit_tests.test_llms import SteerSpy, assert_steered, steer_spy
 
-__all__ = ["steer_spy"]  # the fixture, imported for this module
+__all__ = ["model", "steer_spy", "tokenizer"]  # fixtures, imported for this module
 
 SENTENCES = [
     "Mary is a doctor.",
@@ -58,16 +61,6 @@ def units_of(pieces: Sequence[str], separator: str) -> list[tuple[int, int]]:
         spans.append((offset, offset + len(piece)))
         offset += len(piece) + len(separator)
     return spans
-
-
-@pytest.fixture(scope="module")
-def model() -> PreTrainedModel:
-    return tiny_model("llama", dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
-    return chat_tokenizer()
 
 
 @pytest.fixture

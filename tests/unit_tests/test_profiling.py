@@ -320,16 +320,9 @@ def test_rank_conditions_needs_no_task_below_the_baseline() -> None:
         evaluation.rank_conditions(results, baseline="nope")
 
 
-def test_config_document_of_a_selected_candidate_loads_as_is(tmp_path: Path, pasta: PASTA) -> None:
-    from pastalib.harness import selection
-
-    conditions = selection.candidate_conditions(pasta, ["layers:1-2@0.5", "layers:2-2"])
-    assert [(c.name, c.alpha) for c in conditions] == [
-        ("unsteered", None),
-        ("layers:1-2@0.5", 0.5),
-        ("layers:2-2", selection.DEFAULT_ALPHA),
-    ]
-    results = {
+def _dev_results(conditions: list[evaluation.Condition]) -> dict[str, Any]:
+    """The settings part of a `select` result on a dev slice, for ``config_document``."""
+    return {
         "settings": {
             "conditions": [dataclasses.asdict(c) for c in conditions],
             "tasks": ["knowledge_conflict"],
@@ -339,6 +332,18 @@ def test_config_document_of_a_selected_candidate_loads_as_is(tmp_path: Path, pas
             "seed": 0,
         }
     }
+
+
+def test_config_document_of_a_selected_candidate_loads_as_is(tmp_path: Path, pasta: PASTA) -> None:
+    from pastalib.harness import selection
+
+    conditions = selection.candidate_conditions(pasta, ["layers:1-2@0.5", "layers:2-2"])
+    assert [(c.name, c.alpha) for c in conditions] == [
+        ("unsteered", None),
+        ("layers:1-2@0.5", 0.5),
+        ("layers:2-2", selection.DEFAULT_ALPHA),
+    ]
+    results = _dev_results(conditions)
     row = {"name": "layers:1-2@0.5", "rate": 0.75, "eligible": True, "worse_on": []}
     document = selection.config_document(pasta, results, row)
     path = profiling.write_head_config(tmp_path / "chosen.json", document)
@@ -597,16 +602,7 @@ def test_candidates_name_their_mechanism(pasta: PASTA) -> None:
         selection.candidate_conditions(pasta, ["spotlight:layers:1-9"])
     with pytest.raises(ValueError, match="beta"):
         selection.candidate_conditions(pasta, ["boost@1.5"])
-    results = {
-        "settings": {
-            "conditions": [dataclasses.asdict(c) for c in conditions],
-            "tasks": ["knowledge_conflict"],
-            "split": "train",
-            "skip": 8,
-            "limit": 24,
-            "seed": 0,
-        }
-    }
+    results = _dev_results(conditions)
     row = {"name": "spotlight:layers:2-2@0.4", "rate": 0.5, "eligible": True, "worse_on": []}
     document = selection.config_document(pasta, results, row)
     assert (document["mechanism"], document["target"]) == ("spotlight", 0.4)
