@@ -172,6 +172,7 @@ def _likelihood_scores(
     rows = [tokenizer(text.strip(), add_special_tokens=False)["input_ids"] for text in texts]
     pad = pad_token_id(tokenizer)
     device = model.device
+    targets = torch.tensor(question_ids, device=device)  # the same in every row
     scores: list[float] = []
     for begin in range(0, len(rows), batch_size):
         batch = [row + question_ids for row in rows[begin : begin + batch_size]]
@@ -185,7 +186,6 @@ def _likelihood_scores(
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         for i, row in enumerate(batch):
             first = len(row) - len(question_ids)
-            targets = torch.tensor(question_ids, device=device)
             picked = logprobs[i, first - 1 : len(row) - 1].gather(-1, targets[:, None])
             scores.append(float(picked.sum()))
     return scores
